@@ -1,0 +1,326 @@
+"""``Conveyor``: the task registry and the client API (submit, get, cancel, replay, stats).
+
+One async implementation per operation; the sync methods are thin wrappers that run
+it on a private event-loop thread (the "portal"), so sync code never pays for a new
+loop per call. Each event loop gets its own backend instance (engines bind
+connections to a loop); instances on the same URL share the same stored state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar, overload
+
+from pydantic import ValidationError
+
+from conveyor import states
+from conveyor.backends import make_backend
+from conveyor.backends.base import Backend, CancelParams, EnqueueParams, ListParams, TaskFilter
+from conveyor.config import Settings, load_settings
+from conveyor.errors import InvalidInput, UnknownTask
+from conveyor.ids import new_id
+from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, TaskSpec, WorkerInfo
+from conveyor.priority import parse_priority, resolve_priority
+from conveyor.retry import RetryPolicy
+from conveyor.states import State
+from conveyor.task import SubmitOptions, TaskDef, TaskHandle, task_name_for
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Conveyor:
+    """A Conveyor application: ``app = Conveyor("sqlite:///conveyor.db")``."""
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings(url=url)
+        if url is not None and settings is not None:
+            self.settings = self.settings.model_copy(update={"url": url})
+        self.url = self.settings.url
+        self.tasks: dict[str, TaskDef[Any, Any]] = {}
+        self._backends: dict[asyncio.AbstractEventLoop, Backend] = {}
+        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = {}
+        self._portal: asyncio.AbstractEventLoop | None = None
+        self._portal_lock = threading.Lock()
+        make_backend(self.url)  # validate the URL now, not on first use
+
+    # --- registry ------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> TaskDef[Any, Any]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[F], TaskDef[Any, Any]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task. Options: ``name``, ``queue``, ``priority``,
+        ``max_retries``, ``timeout``, ``retry`` (a ``RetryPolicy``), ``retry_on``,
+        ``permanent_on``, ``rate_limit``, ``requires``, ``labels``."""
+
+        def register(f: Callable[..., Any]) -> TaskDef[Any, Any]:
+            known = set(TaskDef.__dataclass_fields__) - {"app", "fn", "is_async", "_signature"}
+            unknown = set(options) - known
+            if unknown:
+                raise InvalidInput(f"unknown task option(s): {', '.join(sorted(unknown))}")
+            opts = dict(options)
+            for key in ("retry_on", "permanent_on", "requires", "labels"):
+                if key in opts:
+                    opts[key] = tuple(opts[key])
+            if "priority" in opts and opts["priority"] is not None:
+                opts["priority"] = parse_priority(opts["priority"])
+            name = opts.pop("name", None) or task_name_for(f)
+            if name in self.tasks:
+                raise InvalidInput(f"task name {name!r} is already registered")
+            td: TaskDef[Any, Any] = TaskDef(self, f, name, **opts)
+            self.tasks[name] = td
+            return td
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> TaskDef[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(f"unknown task name {name!r}", name=name) from None
+
+    # --- backend per loop ------------------------------------------------------------
+
+    async def backend(self) -> Backend:
+        """The opened backend for the running event loop (opened on first use)."""
+        loop = asyncio.get_running_loop()
+        backend = self._backends.get(loop)
+        if backend is not None:
+            return backend
+        pending = self._opening.get(loop)
+        if pending is not None:
+            return await pending
+        fut: asyncio.Future[Backend] = loop.create_future()
+        self._opening[loop] = fut
+        try:
+            backend = make_backend(
+                self.url,
+                offline_after=self.settings.worker.offline_after,
+                auto_migrate=self.settings.auto_migrate,
+            )
+            await backend.open()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._opening.pop(loop, None)
+        self._backends[loop] = backend
+        fut.set_result(backend)
+        return backend
+
+    async def aclose(self) -> None:
+        """Close the backend of the running loop."""
+        backend = self._backends.pop(asyncio.get_running_loop(), None)
+        if backend is not None:
+            await backend.close()
+
+    def close(self) -> None:
+        """Close the portal loop and its backend (sync code's counterpart of ``aclose``)."""
+        with self._portal_lock:
+            portal, self._portal = self._portal, None
+        if portal is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.aclose(), portal).result()
+        portal.call_soon_threadsafe(portal.stop)
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the portal loop and wait; refused inside a running loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise RuntimeError("sync Conveyor call inside a running event loop: use the *_async method")
+        return asyncio.run_coroutine_threadsafe(coro, self._portal_loop()).result()
+
+    def _portal_loop(self) -> asyncio.AbstractEventLoop:
+        with self._portal_lock:
+            if self._portal is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="conveyor-portal", daemon=True).start()
+                self._portal = loop
+            return self._portal
+
+    # --- submit ------------------------------------------------------------------------
+
+    def build(self, spec: TaskSpec, now: float | None = None) -> NewTask:
+        """Resolve a submit into a stored task: defaults, priority rules, run_at."""
+        now = time.time() if now is None else now
+        td = self.tasks.get(spec.name)
+        if td is not None:
+            td.check_args(spec.args)
+        _check_json(spec.args)
+        queue = spec.queue if "queue" in spec.model_fields_set or td is None else td.queue
+        labels = list(spec.labels) or list(td.labels if td else ())
+        requires = list(spec.requires) or list(td.requires if td else ())
+        priority = spec.priority
+        if priority is None and td is not None and td.priority is not None:
+            priority = parse_priority(td.priority)
+        if priority is None:
+            priority = resolve_priority(
+                self.settings.priority_rules,
+                spec.name,
+                queue,
+                labels,
+                spec.args,
+                self.settings.default_priority,
+            )
+        run_at = now
+        if spec.run_at is not None:
+            run_at = spec.run_at.timestamp()
+        elif spec.delay:
+            run_at = now + spec.delay
+        policy = spec.retry or (td.retry if td else None) or self.settings.retry
+        max_retries = spec.max_retries
+        if max_retries is None:
+            max_retries = td.max_retries if td and td.max_retries is not None else policy.max_retries
+        timeout = spec.timeout if spec.timeout is not None else (td.timeout if td else None)
+        return NewTask(
+            id=new_id(),
+            name=spec.name,
+            args=spec.args,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            created_at=now,
+            labels=labels,
+            requires=requires,
+            depends_on=list(spec.depends_on),
+            idempotency_key=spec.idempotency_key,
+            max_retries=max_retries,
+            timeout=timeout,
+            retry=policy if isinstance(policy, RetryPolicy) else RetryPolicy(),
+        )
+
+    async def enqueue_many_async(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
+        """Submit several tasks atomically: all are stored, or none (``QueueFull``)."""
+        now = time.time()
+        new = [self.build(s, now) for s in specs]
+        backend = await self.backend()
+        done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
+        return [TaskHandle(self, e.id, created=e.created) for e in done]
+
+    def enqueue_many(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
+        return self.run_sync(self.enqueue_many_async(specs))
+
+    async def submit_async(
+        self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None
+    ) -> TaskHandle:
+        """Submit one task by name (the worker maps the name to a function)."""
+        (handle,) = await self.enqueue_many_async([spec_from(name, args or {}, opts or SubmitOptions())])
+        return handle
+
+    def submit(self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None) -> TaskHandle:
+        return self.run_sync(self.submit_async(name, args, opts))
+
+    # --- reading and steering ------------------------------------------------------------
+
+    async def get_async(self, task_id: str) -> Task:
+        return await (await self.backend()).task_get(task_id)
+
+    def get(self, task_id: str) -> Task:
+        return self.run_sync(self.get_async(task_id))
+
+    async def cancel_async(self, task_id: str) -> Task:
+        return await (await self.backend()).task_cancel(CancelParams(task_id))
+
+    def cancel(self, task_id: str) -> Task:
+        return self.run_sync(self.cancel_async(task_id))
+
+    async def retry_async(self, task_id: str) -> Task:
+        """Replay one failed task (``InvalidStateTransition`` unless it is ``failed``)."""
+        backend = await self.backend()
+        task = await backend.task_get(task_id)
+        states.check(task.state, "replay", task_id)
+        await backend.task_replay(TaskFilter(ids=[task_id]))
+        return await backend.task_get(task_id)
+
+    def retry(self, task_id: str) -> Task:
+        return self.run_sync(self.retry_async(task_id))
+
+    async def list_tasks_async(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        return await (await self.backend()).task_list(ListParams(flt or TaskFilter(), limit, cursor))
+
+    def list_tasks(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        return self.run_sync(self.list_tasks_async(flt, limit, cursor))
+
+    async def stats_async(self) -> Stats:
+        return await (await self.backend()).stats()
+
+    def stats(self) -> Stats:
+        return self.run_sync(self.stats_async())
+
+    async def workers_async(self) -> list[WorkerInfo]:
+        return await (await self.backend()).worker_list()
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.run_sync(self.workers_async())
+
+    async def queues_async(self) -> list[QueueInfo]:
+        return await (await self.backend()).queue_list()
+
+    def queues(self) -> list[QueueInfo]:
+        return self.run_sync(self.queues_async())
+
+    async def dlq_replay_async(self, flt: TaskFilter | None = None) -> int:
+        """Replay dead letters matching ``flt`` (state is forced to ``failed``)."""
+        flt = replace(flt or TaskFilter(), state=State.FAILED)
+        return await (await self.backend()).task_replay(flt)
+
+    def dlq_replay(self, flt: TaskFilter | None = None) -> int:
+        return self.run_sync(self.dlq_replay_async(flt))
+
+    async def dlq_purge_async(self, flt: TaskFilter | None = None) -> int:
+        """Delete dead letters matching ``flt`` for good."""
+        flt = replace(flt or TaskFilter(), state=State.FAILED)
+        return await (await self.backend()).task_purge(flt)
+
+    def dlq_purge(self, flt: TaskFilter | None = None) -> int:
+        return self.run_sync(self.dlq_purge_async(flt))
+
+    async def migrate_async(self) -> list[str]:
+        """Apply pending schema migrations (also done on open unless ``auto_migrate`` is off)."""
+        return await (await self.backend()).migrate()
+
+    def migrate(self) -> list[str]:
+        return self.run_sync(self.migrate_async())
+
+
+def spec_from(name: str, args: dict[str, Any], opts: SubmitOptions) -> TaskSpec:
+    """A ``TaskSpec`` from a name, args and options; validation errors become ``InvalidInput``."""
+    data: dict[str, Any] = {"name": name, "args": args}
+    for key in SubmitOptions.__dataclass_fields__:
+        value = getattr(opts, key)
+        if value is not None and value != ():
+            data[key] = list(value) if isinstance(value, tuple | list) else value
+    try:
+        return TaskSpec(**data)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation(exc)) from exc
+
+
+def describe_validation(exc: Any) -> str:
+    """One line naming each bad field, for CLI and API error messages."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid task: " + "; ".join(parts)
+
+
+def _check_json(args: dict[str, Any]) -> None:
+    try:
+        json.dumps(args, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"task args must be JSON-serializable: {exc}") from exc

@@ -1,0 +1,290 @@
+"""The backend contract: the domain operations every engine implements.
+
+Conveyor's engines (``memory://``, ``sqlite://``, and later PostgreSQL, Redis and the
+sharded ring) are interchangeable behind this seam. It speaks in operations on tasks
+and workers, never in SQL, so an engine with no SQL at all can implement it. Each
+operation takes one small params object, so adding a field breaks no signature, and
+each is atomic: it either happens as a whole or not at all.
+
+Rules every engine keeps (``tests/contract/`` checks them all, on every engine):
+
+* Transitions come from ``conveyor.states.TRANSITIONS``; an engine never invents one.
+  An operation that finds a task in a state its transition does not allow changes
+  nothing (and raises ``InvalidStateTransition`` where the caller asked for that task
+  by id, e.g. ``task_cancel``).
+* Every transition appends a ``HistoryEntry`` and sets ``updated_at``.
+* Claims are fenced. Each claim writes a fresh ``lease_token``; ``task_finish_many``,
+  ``task_release`` and lease extension act only while the stored token equals the
+  caller's and the task is ``running``. A stale token changes nothing and reports
+  ``False`` / "lost".
+* A claim takes ready tasks in order: ``priority`` descending, then ``run_at``, then
+  ``id`` (ids are time-sortable, so FIFO). Before selecting, it promotes ``scheduled``
+  and ``retrying`` tasks whose ``run_at`` has passed to ``pending`` (transition
+  ``due``). It only takes tasks whose ``requires`` tags are a subset of the worker's
+  tags, from the queues asked for, and at most ``limit`` of them. It increments
+  ``attempts`` and sets ``started_at``, ``worker_id`` and ``lease_expires_at``.
+* ``idempotency_key`` is unique per queue among stored tasks: a repeat submit
+  returns the first task's id with ``created=False`` and writes nothing.
+* ``max_length`` (per queue, from the submitter's config) bounds the number of
+  unfinished tasks in a queue; a batch that would exceed it raises ``QueueFull`` and
+  stores none of its tasks.
+* A lapsed lease (``lease_expires_at`` < now while ``running``) returns the task to
+  ``pending`` on ``task_reap_expired`` (the attempt still counts); if the task has
+  no attempts left (``attempts > max_retries``) it goes to ``failed`` with reason
+  ``retries_exhausted`` instead, so a task that kills its worker cannot loop forever.
+
+Admin listings, workers and migrations are separate small protocols; ``Backend`` is
+their union, and ``conveyor.backends.open_backend(url)`` builds one from a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from conveyor.models import (
+    ClaimedTask,
+    NewTask,
+    Page,
+    QueueInfo,
+    Stats,
+    Task,
+    TaskError,
+    WorkerInfo,
+    WorkerState,
+)
+from conveyor.states import FailureReason, State
+
+# --- params and results --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueParams:
+    """Tasks to store atomically. ``max_length`` maps queue name to its bound."""
+
+    tasks: Sequence[NewTask]
+    max_length: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Outcome of one submitted task: its id and whether this call created it."""
+
+    id: str
+    state: State
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimParams:
+    """Claim up to ``limit`` ready tasks for ``worker_id``.
+
+    ``queues`` empty means every queue. ``tags`` are the worker's tags: only tasks
+    whose ``requires`` is a subset are taken.
+    """
+
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    queues: Sequence[str] = ()
+    tags: frozenset[str] = frozenset()
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Claimed tasks, and when the next ``scheduled``/``retrying`` task in the
+    asked-for queues becomes due (``None`` if none), so a worker can sleep until then."""
+
+    tasks: list[ClaimedTask]
+    next_due: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt, fenced by ``lease_token``.
+
+    ``kind`` is the transition: ``complete`` (``result``), ``retry`` (``error`` and
+    ``run_at``) or ``fail`` (``error`` and ``failure_reason``).
+    """
+
+    task_id: str
+    lease_token: str
+    kind: Literal["complete", "retry", "fail"]
+    worker_id: str | None = None
+    result: Any = None
+    error: TaskError | None = None
+    run_at: float | None = None
+    failure_reason: FailureReason | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    task_id: str
+    lease_token: str
+    refund: bool = False  # on release: the attempt never started, do not count it
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseParams:
+    """Give leases back (graceful shutdown): ``running`` -> ``pending``, fenced."""
+
+    worker_id: str
+    leases: Sequence[Lease]
+    reason: str = "released on shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class ReapParams:
+    now: float | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CancelParams:
+    task_id: str
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class WaitParams:
+    """Block until work may be ready in ``queues`` or ``timeout`` seconds pass."""
+
+    queues: Sequence[str] = ()
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatParams:
+    """A worker's heartbeat: refresh its registry row and extend its leases.
+
+    Returns the ids among ``leases`` that are no longer this worker's (cancelled,
+    reaped, or re-claimed); the worker stops those attempts.
+    """
+
+    worker_id: str
+    state: WorkerState
+    leases: Sequence[Lease]
+    lease_seconds: float
+    active: int = 0
+    processed: int = 0
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Filter for listings, DLQ replay and purge; ``None`` matches everything."""
+
+    state: State | None = None
+    queue: str | None = None
+    name: str | None = None
+    label: str | None = None
+    ids: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListParams:
+    """Cursor pagination, newest first: ``cursor`` is the previous page's ``next_cursor``."""
+
+    filter: TaskFilter = TaskFilter()
+    limit: int = 50
+    cursor: str | None = None
+
+
+# --- the protocols -------------------------------------------------------------------
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """The hot path: what submitters and workers call."""
+
+    async def task_enqueue_many(self, params: EnqueueParams) -> list[Enqueued]:
+        """Store new tasks in one atomic step (see idempotency and ``max_length`` above)."""
+        ...
+
+    async def task_claim(self, params: ClaimParams) -> Claim:
+        """Lease up to ``params.limit`` ready tasks in priority order (one atomic step)."""
+        ...
+
+    async def task_finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Record attempt outcomes; ``False`` where the lease was stale (nothing written)."""
+        ...
+
+    async def task_release(self, params: ReleaseParams) -> int:
+        """Return still-held leases to ``pending``; the count released."""
+        ...
+
+    async def task_reap_expired(self, params: ReapParams) -> list[str]:
+        """Recover tasks whose lease lapsed; returns their ids."""
+        ...
+
+    async def task_cancel(self, params: CancelParams) -> Task:
+        """Cancel a non-terminal task (a running one loses its lease at once)."""
+        ...
+
+    async def task_get(self, task_id: str) -> Task:
+        """The task with its history; ``TaskNotFound`` if unknown."""
+        ...
+
+    async def task_wait(self, params: WaitParams) -> None:
+        """Return when new work may be ready, or after ``params.timeout``."""
+        ...
+
+
+@runtime_checkable
+class AdminStore(Protocol):
+    """Listings, the dead-letter queue and statistics: what operators call."""
+
+    async def task_list(self, params: ListParams) -> Page: ...
+
+    async def task_replay(self, flt: TaskFilter) -> int:
+        """Replay ``failed`` tasks matching ``flt``: back to ``pending``, attempts reset."""
+        ...
+
+    async def task_purge(self, flt: TaskFilter) -> int:
+        """Delete ``failed`` tasks matching ``flt`` (the state filter is forced)."""
+        ...
+
+    async def queue_list(self) -> list[QueueInfo]: ...
+
+    async def stats(self) -> Stats: ...
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    async def worker_register(self, info: WorkerInfo) -> None: ...
+
+    async def worker_heartbeat(self, params: HeartbeatParams) -> list[str]:
+        """Refresh the worker and its leases; returns the ids of leases it lost."""
+        ...
+
+    async def worker_deregister(self, worker_id: str) -> None:
+        """Mark the worker ``offline`` (clean exit)."""
+        ...
+
+    async def worker_list(self) -> list[WorkerInfo]:
+        """All known workers; one whose heartbeat is older than ``offline_after`` reads ``offline``."""
+        ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    url: str
+    offline_after: float
+
+    async def open(self) -> None:
+        """Connect (and migrate unless the URL/config disabled it)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns the names applied."""
+        ...
+
+
+@runtime_checkable
+class Backend(TaskStore, AdminStore, WorkerRegistry, Lifecycle, Protocol):
+    """Everything an engine provides."""

@@ -1,0 +1,110 @@
+"""Settings from ``conveyor.yaml`` and ``CONVEYOR_*`` environment variables.
+
+Precedence, highest first: explicit arguments, environment (``CONVEYOR_URL``,
+nested with ``__`` as in ``CONVEYOR_WORKER__CONCURRENCY=20``), the YAML file
+(``CONVEYOR_CONFIG`` or ``./conveyor.yaml``), defaults. Unknown keys are refused, so a
+typo in the file is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from conveyor.errors import ConfigError
+from conveyor.priority import PriorityRule
+from conveyor.retry import RetryPolicy
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+
+
+class QueueConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int | None = Field(default=None, ge=1)
+
+
+class WorkerConfig(BaseModel):
+    """Worker tuning; the defaults follow SPEC §2 and §5."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=10, ge=1, le=10_000)
+    pool: Literal["async", "threads", "processes"] = "async"
+    prefetch: int = Field(default=0, ge=0, le=10_000)  # extra claims beyond free slots
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    reap_interval: float = Field(default=5.0, gt=0)
+    offline_after: float = Field(default=30.0, gt=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    poll_min: float = Field(default=0.001, gt=0)  # adaptive poll across processes
+    poll_max: float = Field(default=0.5, gt=0)
+    finish_batch: int = Field(default=256, ge=1)  # outcomes written per transaction
+    finish_delay: float = Field(default=0.002, ge=0)  # max wait to fill a batch
+
+
+class Settings(BaseSettings):
+    """All of Conveyor's configuration in one validated model."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="forbid")
+
+    url: str = DEFAULT_URL
+    queues: dict[str, QueueConfig] = Field(default_factory=dict)
+    priority_rules: list[PriorityRule] = Field(default_factory=list)
+    default_priority: int = Field(default=5, ge=0, le=10)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    auto_migrate: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def max_lengths(self) -> dict[str, int]:
+        return {name: q.max_length for name, q in self.queues.items() if q.max_length is not None}
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads ``CONVEYOR_CONFIG`` or ``./conveyor.yaml`` when present."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        explicit = os.environ.get("CONVEYOR_CONFIG")
+        path = Path(explicit) if explicit else Path("conveyor.yaml")
+        if not path.exists():
+            if explicit:
+                raise ConfigError(f"config file {path} (CONVEYOR_CONFIG) does not exist")
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one readable ``ConfigError``."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

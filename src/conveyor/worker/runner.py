@@ -1,0 +1,345 @@
+"""The worker: claims batches, runs attempts in a pool, heartbeats, reaps, shuts down cleanly.
+
+Loops running side by side on one event loop:
+
+* claim: takes exactly as many tasks as there is room for (``concurrency`` plus
+  ``prefetch``), then sleeps on ``task_wait`` (same-process submits wake it at
+  once; other processes' through the engine's own signal) or until the next
+  scheduled task is due;
+* completer: writes outcomes in batches (``worker.completer``);
+* heartbeat: refreshes the registry row and extends leases; leases the engine says
+  are lost (cancelled, reaped) stop their attempts;
+* reaper: returns lapsed leases of dead workers to ``pending``.
+
+Shutdown (SIGTERM/SIGINT or ``stop()``): stop claiming, give in-flight attempts
+``shutdown_grace`` seconds, release what is left (unstarted ones without counting an
+attempt), write every outcome, deregister. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor import __version__
+from conveyor.backends.base import (
+    Backend,
+    ClaimParams,
+    HeartbeatParams,
+    Lease,
+    Outcome,
+    ReapParams,
+    ReleaseParams,
+    WaitParams,
+)
+from conveyor.errors import ConveyorError, InvalidInput, TaskTimeout
+from conveyor.ids import new_id
+from conveyor.models import ClaimedTask, TaskError, WorkerInfo, WorkerState, to_dt
+from conveyor.retry import decide
+from conveyor.worker.completer import Completer
+from conveyor.worker.pools import Pool, make_pool
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class _Attempt:
+    claimed: ClaimedTask
+    task: asyncio.Task[None] | None = None
+    started: bool = False
+
+
+@dataclass
+class WorkerOptions:
+    """Per-worker settings; unset ones come from ``settings.worker``."""
+
+    queues: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    concurrency: int | None = None
+    pool: str | None = None
+    app_path: str | None = None
+    install_signals: bool = False
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
+
+
+class Worker:
+    def __init__(self, app: Conveyor, options: WorkerOptions | None = None) -> None:
+        self.app = app
+        self.opts = options or WorkerOptions()
+        self.cfg = app.settings.worker
+        self.id = self.opts.worker_id
+        self.concurrency = self.opts.concurrency or self.cfg.concurrency
+        self.pool_kind = self.opts.pool or self.cfg.pool
+        self.capacity = self.concurrency + self.cfg.prefetch
+        self.processed = 0
+        self._inflight: dict[str, _Attempt] = {}
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._room = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._backend: Backend | None = None
+        self._pool: Pool | None = None
+        self._completer: Completer | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler on the loop)."""
+        self._stopping = True
+        self._stop.set()
+        self._room.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``; returns after a clean shutdown."""
+        backend = self._backend = await self.app.backend()
+        self._pool = make_pool(self.pool_kind, self.concurrency, self.opts.app_path)
+        self._completer = Completer(backend, self.cfg.finish_batch, self.cfg.finish_delay)
+        if self.opts.install_signals:
+            self._install_signals()
+        await backend.worker_register(self._info())
+        log.info(
+            "worker %s started: queues=%s pool=%s concurrency=%d",
+            self.id,
+            ",".join(self.opts.queues) or "*",
+            self.pool_kind,
+            self.concurrency,
+        )
+        loops = [
+            asyncio.create_task(self._completer.run(), name="completer"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="reaper"),
+        ]
+        try:
+            await self._claim_loop()
+        finally:
+            await self._shutdown(loops)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self._stopping:
+                log.warning("second signal: exiting now; leases will lapse and be recovered")
+                os._exit(1)
+            log.info("received %s: finishing in-flight tasks", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    def _info(self, state: WorkerState = WorkerState.IDLE) -> WorkerInfo:
+        now = to_dt(time.time())
+        assert now is not None
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.opts.queues),
+            tags=list(self.opts.tags),
+            concurrency=self.concurrency,
+            pool=self.pool_kind,
+            version=__version__,
+            state=state,
+            started_at=now,
+            last_heartbeat_at=now,
+        )
+
+    # --- claiming ----------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self._backend is not None
+        backend, failures = self._backend, 0
+        params = ClaimParams(self.id, 0, self.cfg.lease_seconds, tuple(self.opts.queues), frozenset(self.opts.tags))
+        while not self._stopping:
+            room = self.capacity - len(self._inflight)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                claim = await backend.task_claim(_with_limit(params, room))
+                failures = 0
+            except ConveyorError as exc:
+                failures += 1
+                log.warning("claim failed (%s); retrying", exc)
+                await self._sleep(min(0.05 * 2**failures, 5.0))
+                continue
+            for claimed in claim.tasks:
+                attempt = _Attempt(claimed)
+                self._inflight[claimed.id] = attempt
+                attempt.task = asyncio.create_task(self._run_attempt(attempt))
+            if claim.tasks:
+                await asyncio.sleep(0)  # let quick attempts finish before the next claim
+                continue
+            timeout = self.cfg.poll_max
+            if claim.next_due is not None:
+                timeout = max(0.0, min(timeout, claim.next_due - time.time()))
+            await self._wait_for_work(timeout)
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        assert self._backend is not None
+        waiter = asyncio.create_task(self._backend.task_wait(WaitParams(tuple(self.opts.queues), timeout)))
+        stopper = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # --- running ---------------------------------------------------------------------
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        ct = attempt.claimed
+        try:
+            async with self._slots:
+                if self._stopping:
+                    return  # never started: released (refunded) at shutdown
+                attempt.started = True
+                outcome = await self._execute(ct)
+            assert self._completer is not None
+            self._completer.add(outcome)
+            self.processed += 1
+        finally:
+            if not (self._stopping and not attempt.started):
+                self._inflight.pop(ct.id, None)
+            self._room.set()
+
+    async def _execute(self, ct: ClaimedTask) -> Outcome:
+        assert self._pool is not None
+        try:
+            td = self.app.get_task(ct.name)
+            td.check_args(ct.args)
+        except InvalidInput as exc:  # unknown name or bad args: no retry can fix it
+            return self._failure(ct, exc, (), (InvalidInput,))
+        try:
+            result = await self._pool.run(td, ct.args, ct.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failure(ct, exc, td.retry_on, td.permanent_on)
+        if result is not None and not _is_json(result):
+            bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {result!r:.200}")
+            return self._failure(ct, bad, (), (InvalidInput,))
+        return Outcome(ct.id, ct.lease_token, "complete", self.id, result=result, finished_at=time.time())
+
+    def _failure(
+        self,
+        ct: ClaimedTask,
+        exc: Exception,
+        retry_on: tuple[type[BaseException], ...],
+        permanent_on: tuple[type[BaseException], ...],
+    ) -> Outcome:
+        d = decide(exc, ct.attempts, ct.retry, retry_on, permanent_on, max_retries=ct.max_retries)
+        error = TaskError(
+            type="Timeout" if isinstance(exc, TaskTimeout) else type(exc).__name__,
+            message=str(exc) or type(exc).__name__,
+            traceback="".join(traceback.format_exception(exc)),
+            retryable=d.retryable,
+        )
+        now = time.time()
+        if d.retry:
+            return Outcome(ct.id, ct.lease_token, "retry", self.id, error=error, run_at=now + d.delay, finished_at=now)
+        return Outcome(ct.id, ct.lease_token, "fail", self.id, error=error, failure_reason=d.reason, finished_at=now)
+
+    # --- background loops ----------------------------------------------------------------
+
+    def _leases(self) -> list[Lease]:
+        return [Lease(a.claimed.id, a.claimed.lease_token) for a in self._inflight.values()]
+
+    async def _heartbeat(self) -> None:
+        assert self._backend is not None
+        if self._stopping:
+            state = WorkerState.STOPPING
+        else:
+            state = WorkerState.BUSY if self._inflight else WorkerState.IDLE
+        lost = await self._backend.worker_heartbeat(
+            HeartbeatParams(self.id, state, self._leases(), self.cfg.lease_seconds, len(self._inflight), self.processed)
+        )
+        for task_id in lost:
+            attempt = self._inflight.pop(task_id, None)
+            if attempt and attempt.task:
+                log.info("task %s: lease lost (cancelled or expired); stopping it", task_id)
+                attempt.task.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except ConveyorError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _reaper_loop(self) -> None:
+        assert self._backend is not None
+        while True:
+            try:
+                reaped = await self._backend.task_reap_expired(ReapParams())
+                if reaped:
+                    log.info("recovered %d tasks whose lease lapsed", len(reaped))
+            except ConveyorError as exc:
+                log.warning("reaper failed: %s", exc)
+            await asyncio.sleep(self.cfg.reap_interval)
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    async def _shutdown(self, loops: list[asyncio.Task[Any]]) -> None:
+        assert self._backend is not None and self._completer is not None and self._pool is not None
+        self.stop()
+        with contextlib.suppress(ConveyorError):
+            await self._heartbeat()
+        running = [a.task for a in self._inflight.values() if a.started and a.task]
+        if running:
+            log.info("waiting up to %.0f s for %d running tasks", self.cfg.shutdown_grace, len(running))
+            await asyncio.wait(running, timeout=self.cfg.shutdown_grace or None)
+        leftovers = list(self._inflight.values())
+        for attempt in leftovers:
+            if attempt.task and not attempt.task.done():
+                attempt.task.cancel()
+        await asyncio.gather(*(a.task for a in leftovers if a.task), return_exceptions=True)
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self._completer.flush()
+        leases = [Lease(a.claimed.id, a.claimed.lease_token, refund=not a.started) for a in leftovers]
+        if leases:
+            released = await self._backend.task_release(ReleaseParams(self.id, leases))
+            log.info("released %d unfinished tasks back to pending", released)
+        await self._backend.worker_deregister(self.id)
+        await self._pool.close()
+        log.info("worker %s stopped after %d tasks", self.id, self.processed)
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _with_limit(params: ClaimParams, limit: int) -> ClaimParams:
+    return ClaimParams(params.worker_id, limit, params.lease_seconds, params.queues, params.tags)
+
+
+async def run_worker(app: Conveyor, options: WorkerOptions) -> None:
+    """Entry point used by ``conveyor worker``: run until signalled, then close."""
+    worker = Worker(app, options)
+    try:
+        await worker.run()
+    finally:
+        await app.aclose()
