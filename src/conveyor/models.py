@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from conveyor.errors import InvalidInput
 from conveyor.priority import Band, parse_priority
 from conveyor.retry import RetryPolicy
 from conveyor.states import FailureReason, State
@@ -73,7 +74,10 @@ class TaskSpec(BaseModel):
     @field_validator("priority", mode="before")
     @classmethod
     def _priority(cls, v: Any) -> int | None:
-        return None if v is None else parse_priority(v)
+        try:
+            return None if v is None else parse_priority(v)
+        except InvalidInput as exc:  # a ValueError, so pydantic reports it with the rest
+            raise ValueError(exc.message) from exc
 
     @field_validator("labels", "requires")
     @classmethod

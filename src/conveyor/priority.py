@@ -72,7 +72,10 @@ class PriorityRule(BaseModel):
     @field_validator("priority")
     @classmethod
     def _priority(cls, v: int | str) -> int:
-        return parse_priority(v)
+        try:
+            return parse_priority(v)
+        except InvalidInput as exc:  # a ValueError, so pydantic reports it with the rest
+            raise ValueError(exc.message) from exc
 
     @field_validator("name", "queue", "labels")
     @classmethod

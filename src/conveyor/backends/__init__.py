@@ -22,10 +22,7 @@ def make_backend(url: str, *, offline_after: float = 30.0, auto_migrate: bool = 
         from conveyor.backends.sqlite import SqliteBackend
 
         return SqliteBackend(url, offline_after=offline_after, auto_migrate=auto_migrate)
-    raise InvalidInput(
-        f"unsupported backend URL {url!r}: expected one of "
-        "memory://[name], sqlite:///path/to/file.db"
-    )
+    raise InvalidInput(f"unsupported backend URL {url!r}: expected one of memory://[name], sqlite:///path/to/file.db")
 
 
 __all__ = ["SCHEMES", "Backend", "make_backend"]

@@ -25,6 +25,7 @@ class Completer:
         self._buffer: list[Outcome] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[None]] = set()  # under way, even if their flush was cancelled
         self.written = 0
         self.stale = 0
 
@@ -42,12 +43,21 @@ class Completer:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything buffered now; shielded so cancellation cannot drop it."""
+        """Write everything buffered now and wait for writes already under way.
+
+        Each write is shielded, so cancelling a flush cannot drop it; the next flush
+        (the worker's last, at shutdown) waits for it to land.
+        """
         async with self._lock:
             while self._buffer:
                 chunk = self._buffer[: self._batch]
                 del self._buffer[: self._batch]
-                await asyncio.shield(self._write(chunk))
+                write = asyncio.ensure_future(self._write(chunk))
+                self._writes.add(write)
+                write.add_done_callback(self._writes.discard)
+                await asyncio.shield(write)
+        if self._writes:
+            await asyncio.gather(*self._writes)
 
     async def _write(self, chunk: list[Outcome]) -> None:
         delay = 0.05

@@ -9,18 +9,26 @@ process is killed and replaced.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
+import functools
 import importlib
+import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import queue
+import signal
+import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.errors import TaskTimeout
 
 if TYPE_CHECKING:
     from conveyor.task import TaskDef
+
+log = logging.getLogger("conveyor.worker")
 
 
 class Pool(Protocol):
@@ -39,33 +47,97 @@ async def _with_timeout(aw: Any, timeout: float | None) -> Any:
         raise TaskTimeout(f"timed out after {timeout} s") from exc
 
 
+class _Threads:
+    """``size`` daemon threads running sync calls, for the ``async`` and ``threads`` pools.
+
+    A call that times out (or whose attempt is cancelled) before a thread took it never
+    starts. One already running cannot be stopped: its thread is abandoned, a fresh
+    thread takes its place so the pool keeps its size, and the abandoned one ends when
+    its call returns. The threads are daemons, so a stuck call never holds up the exit.
+    """
+
+    def __init__(self, size: int, prefix: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[cf.Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._abandoned: set[cf.Future[Any]] = set()
+        self._prefix = prefix
+        self._started = 0
+        self._size = size
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._started += 1
+        name = f"{self._prefix}-{self._started}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            call, fn = item
+            if not call.set_running_or_notify_cancel():
+                continue  # timed out while queued
+            try:
+                call.set_result(fn())
+            except BaseException as exc:
+                call.set_exception(exc)
+            with self._lock:
+                if call in self._abandoned:  # a replacement already serves in this thread's place
+                    self._abandoned.discard(call)
+                    return
+
+    async def run(self, fn: Callable[[], Any], name: str, timeout: float | None) -> Any:
+        call: cf.Future[Any] = cf.Future()
+        self._calls.put((call, fn))
+        try:
+            return await _with_timeout(asyncio.wrap_future(call), timeout)
+        except BaseException:
+            with self._lock:
+                if not call.cancel() and not call.done():
+                    self._abandoned.add(call)
+                    self._spawn()
+                    log.warning("task %s: abandoned its thread, still running past its timeout", name)
+            raise
+
+    def close(self) -> None:
+        for _ in range(self._size):
+            self._calls.put(None)
+
+
 class AsyncPool:
-    """Coroutines run on the worker's loop; sync functions in the default thread pool."""
+    """Coroutines run on the worker's loop; sync functions on ``size`` daemon threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._threads: _Threads | None = None
 
     async def run(self, td: TaskDef[Any, Any], args: dict[str, Any], timeout: float | None) -> Any:
         if td.is_async:
             return await _with_timeout(td.fn(**args), timeout)
-        return await _with_timeout(asyncio.to_thread(td.fn, **args), timeout)
+        if self._threads is None:
+            self._threads = _Threads(min(self._size, 32), "conveyor-sync")  # coroutines may number thousands
+        return await self._threads.run(functools.partial(td.fn, **args), td.name, timeout)
 
     async def close(self) -> None:
-        return None
+        if self._threads is not None:
+            self._threads.close()
 
 
 class ThreadPool:
-    """Sync functions on a fixed set of threads; a timed-out thread is abandoned."""
+    """Sync functions on a fixed set of threads; a timed-out thread is abandoned and replaced."""
 
     def __init__(self, size: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="conveyor-task")
+        self._threads = _Threads(size, "conveyor-task")
 
     async def run(self, td: TaskDef[Any, Any], args: dict[str, Any], timeout: float | None) -> Any:
         if td.is_async:
             return await _with_timeout(td.fn(**args), timeout)
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, lambda: td.fn(**args))
-        return await _with_timeout(asyncio.shield(fut), timeout)
+        return await self._threads.run(functools.partial(td.fn, **args), td.name, timeout)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
 
 # --- processes --------------------------------------------------------------------------
@@ -73,9 +145,15 @@ class ThreadPool:
 
 def _child_main(app_path: str, conn: mpc.Connection) -> None:
     """Child process loop: receive (name, args), run, send ("ok", result) or ("err", ...)."""
+    # The worker owns shutdown. A terminal's Ctrl-C (or a service manager's SIGTERM) reaches
+    # the whole process group and must not break the attempt this child runs; the worker
+    # ends an idle child by closing its pipe, a stuck one by killing it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
     loop = asyncio.new_event_loop()
+    conn.send(("ready",))  # imports done: from now on, time spent is the task's
     while True:
         try:
             name, args = conn.recv()
@@ -99,6 +177,16 @@ class _Child:
         self.proc = ctx.Process(target=_child_main, args=(app_path, child_conn), daemon=True)
         self.proc.start()
         child_conn.close()
+        self.ready = False
+
+    async def started(self) -> None:
+        """Wait until the child has imported the app, so its boot never counts
+        against a task's timeout."""
+        if not self.ready:
+            hello = await _receive(self.conn)
+            if hello != ("ready",):
+                raise ChildError(f"process pool child sent {hello!r} instead of ready")
+            self.ready = True
 
     def kill(self) -> None:
         self.proc.kill()
@@ -129,6 +217,7 @@ class ProcessPool:
         child = await self._idle.get()
         ok = False
         try:
+            await child.started()
             status, *payload = await _with_timeout(self._call(child, td.name, args), timeout)
             ok = True
         finally:
@@ -145,26 +234,33 @@ class ProcessPool:
 
     @staticmethod
     async def _call(child: _Child, name: str, args: dict[str, Any]) -> tuple[Any, ...]:
-        """Send the call, then wait for the answer without blocking the loop or a thread."""
         child.conn.send((name, args))
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = child.conn.fileno()
-        loop.add_reader(fd, _set_done, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-        result: tuple[Any, ...] = child.conn.recv()
-        return result
+        return await _receive(child.conn)
 
     async def close(self) -> None:
         while not self._idle.empty():
             child = self._idle.get_nowait()
             with contextlib.suppress(Exception):
-                child.conn.close()
-            child.proc.terminate()
+                child.conn.close()  # a child waiting for work reads EOF and returns
+            if not child.ready:
+                child.proc.kill()  # never used, perhaps still importing: nothing to finish
             await asyncio.to_thread(child.proc.join, 2)
+            if child.proc.is_alive():
+                child.proc.kill()
+
+
+async def _receive(conn: mpc.Connection) -> tuple[Any, ...]:
+    """Wait for a child's next message without blocking the loop or a thread."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, _set_done, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    message: tuple[Any, ...] = conn.recv()
+    return message
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
@@ -174,7 +270,7 @@ def _set_done(fut: asyncio.Future[None]) -> None:
 
 def make_pool(kind: str, size: int, app_path: str | None) -> Pool:
     if kind == "async":
-        return AsyncPool()
+        return AsyncPool(size)
     if kind == "threads":
         return ThreadPool(size)
     if kind == "processes":

@@ -1,0 +1,761 @@
+"""The in-memory engine: the readable reference implementation of the backend contract.
+
+Stores live in this process, keyed by the URL's name (``memory://name``; ``memory://``
+is ``default``), so every ``MemoryBackend`` on one URL (say one per thread or event
+loop) shares them. One ``threading.Lock`` makes each operation atomic; nothing
+persists. Every state change goes through ``_Store.transition``, which asks
+``conveyor.states`` whether it is allowed and appends the history entry.
+
+Each queue keeps two heaps with lazy deletion: ``ready`` (``pending`` tasks by
+``(-priority, run_at, id)``) and ``delayed`` (``scheduled``/``retrying`` tasks by
+``(run_at, id)``). An entry whose task has moved on since it was pushed is dropped
+when it reaches the top, so no operation has to search a heap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import secrets
+import threading
+import time
+from bisect import bisect_left, insort
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from conveyor import states
+from conveyor.backends.base import (
+    CancelParams,
+    Claim,
+    ClaimParams,
+    Enqueued,
+    EnqueueParams,
+    HeartbeatParams,
+    ListParams,
+    Outcome,
+    ReapParams,
+    ReleaseParams,
+    TaskFilter,
+    WaitParams,
+)
+from conveyor.errors import InvalidInput, QueueFull, TaskExists, TaskNotFound
+from conveyor.models import (
+    ClaimedTask,
+    HistoryEntry,
+    NewTask,
+    Page,
+    QueueInfo,
+    Stats,
+    Task,
+    TaskError,
+    WorkerInfo,
+    WorkerState,
+)
+from conveyor.priority import Band, band_of
+from conveyor.retry import RetryPolicy
+from conveyor.states import FailureReason, State
+
+_DELAYED = frozenset({State.SCHEDULED, State.RETRYING})
+_FINISHED_WINDOW = 60.0  # seconds counted by ``Stats.finished_last_minute``
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    """A deep copy through JSON, so this engine hands back what a SQL engine would."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from exc
+
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    """One stored task (engine times are epoch seconds)."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    state: State
+    labels: list[str]
+    requires: list[str]
+    run_at: float
+    depends_on: list[str]
+    idempotency_key: str | None
+    max_retries: int
+    timeout: float | None
+    retry: RetryPolicy
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    result: Any = None
+    error: TaskError | None = None
+    failure_reason: FailureReason | None = None
+    worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, t: NewTask) -> _Row:
+        return cls(
+            id=t.id,
+            name=t.name,
+            args=_json_copy(t.args, "args"),
+            queue=t.queue,
+            priority=t.priority,
+            state=t.initial_state,
+            labels=list(t.labels),
+            requires=list(t.requires),
+            run_at=t.run_at,
+            depends_on=list(t.depends_on),
+            idempotency_key=t.idempotency_key,
+            max_retries=t.max_retries,
+            timeout=t.timeout,
+            retry=t.retry,
+            created_at=t.created_at,
+            updated_at=t.created_at,
+        )
+
+    @property
+    def ready_key(self) -> tuple[int, float, str]:
+        return (-self.priority, self.run_at, self.id)
+
+    def matches(self, flt: TaskFilter, ids: set[str] | None) -> bool:
+        return (
+            (flt.state is None or self.state == flt.state)
+            and (flt.queue is None or self.queue == flt.queue)
+            and (flt.name is None or self.name == flt.name)
+            and (flt.label is None or flt.label in self.labels)
+            and (ids is None or self.id in ids)
+        )
+
+    def to_task(self) -> Task:
+        """A snapshot the caller may keep or mutate without touching the store."""
+        return Task(
+            id=self.id,
+            name=self.name,
+            args=_json_copy(self.args, "args"),
+            queue=self.queue,
+            priority=self.priority,
+            band=band_of(self.priority),
+            state=self.state,
+            labels=list(self.labels),
+            requires=list(self.requires),
+            run_at=_dt(self.run_at),
+            depends_on=list(self.depends_on),
+            idempotency_key=self.idempotency_key,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            retry=self.retry,
+            attempts=self.attempts,
+            result=_json_copy(self.result, "result"),
+            error=None if self.error is None else self.error.model_copy(),
+            failure_reason=self.failure_reason,
+            worker_id=self.worker_id,
+            lease_expires_at=None if self.lease_expires_at is None else _dt(self.lease_expires_at),
+            created_at=_dt(self.created_at),
+            started_at=None if self.started_at is None else _dt(self.started_at),
+            finished_at=None if self.finished_at is None else _dt(self.finished_at),
+            updated_at=_dt(self.updated_at),
+            history=[entry.model_copy() for entry in self.history],
+        )
+
+    def to_claimed(self) -> ClaimedTask:
+        assert self.lease_token is not None and self.lease_expires_at is not None
+        return ClaimedTask(
+            id=self.id,
+            name=self.name,
+            args=_json_copy(self.args, "args"),
+            queue=self.queue,
+            priority=self.priority,
+            attempts=self.attempts,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            retry=self.retry,
+            lease_token=self.lease_token,
+            lease_expires_at=self.lease_expires_at,
+            run_at=self.run_at,
+            created_at=self.created_at,
+            labels=list(self.labels),
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """One pending ``task_wait`` call, woken from any thread through its loop."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+    queues: frozenset[str]
+
+
+class _Store:
+    """The state behind one ``memory://name``. Callers hold ``lock`` (see ``atomic``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tasks: dict[str, _Row] = {}
+        self.order: list[str] = []  # every id, sorted: listings walk it newest first
+        self.ready: defaultdict[str, list[tuple[int, float, str]]] = defaultdict(list)
+        self.delayed: defaultdict[str, list[tuple[float, str]]] = defaultdict(list)
+        self.running: dict[str, _Row] = {}
+        self.idempotency: dict[tuple[str, str], str] = {}
+        self.dependents: defaultdict[str, set[str]] = defaultdict(set)  # dep id -> waiting ids
+        self.counts: Counter[tuple[str, State]] = Counter()
+        self.pending_bands: Counter[tuple[str, Band]] = Counter()
+        self.workers: dict[str, WorkerInfo] = {}
+        self.waiters: set[_Waiter] = set()
+        self.touched: set[str] = set()  # queues that gained ready or delayed work
+
+    @contextmanager
+    def atomic(self) -> Iterator[_Store]:
+        """Hold the lock for one operation, then wake the waiters it concerns."""
+        with self.lock:
+            try:
+                yield self
+            finally:
+                self._wake()
+
+    def _wake(self) -> None:
+        if self.touched:
+            for waiter in self.waiters:
+                if not waiter.queues or waiter.queues & self.touched:
+                    with suppress(RuntimeError):  # that loop is closed: nobody to wake
+                        waiter.loop.call_soon_threadsafe(waiter.event.set)
+            self.touched.clear()
+
+    # --- transitions -----------------------------------------------------------------
+
+    def transition(
+        self, row: _Row, name: str, now: float, *, worker_id: str | None = None, reason: str | None = None
+    ) -> None:
+        """Move ``row`` along transition ``name`` (checked against the table) and record it."""
+        old, new = row.state, states.check(row.state, name, row.id)
+        self._count(row, -1)
+        row.state = new
+        self._count(row, +1)
+        row.updated_at = now
+        row.history.append(HistoryEntry(at=_dt(now), state=new, transition=name, worker_id=worker_id, reason=reason))
+        if old is State.WAITING:
+            for dep in row.depends_on:
+                self.dependents.get(dep, set()).discard(row.id)
+        if old is State.RUNNING:
+            self.running.pop(row.id, None)
+        if new is State.RUNNING:
+            self.running[row.id] = row
+        else:
+            row.worker_id = row.lease_token = row.lease_expires_at = None
+        self._index(row)
+        if new in states.TERMINAL:
+            row.finished_at = now
+
+    def move(
+        self, row: _Row, name: str, now: float, *, worker_id: str | None = None, reason: str | None = None
+    ) -> None:
+        """``transition``, then settle the tasks waiting on ``row`` if it just finished."""
+        self.transition(row, name, now, worker_id=worker_id, reason=reason)
+        if row.state in states.TERMINAL:
+            self._settle_dependents(row, now)
+
+    def _count(self, row: _Row, delta: int) -> None:
+        self.counts[(row.queue, row.state)] += delta
+        if row.state is State.PENDING:
+            self.pending_bands[(row.queue, band_of(row.priority))] += delta
+
+    def _index(self, row: _Row) -> None:
+        """Push a heap entry for a row that just became ready or delayed."""
+        if row.state is State.PENDING:
+            heapq.heappush(self.ready[row.queue], row.ready_key)
+            self.touched.add(row.queue)
+        elif row.state in _DELAYED:
+            heapq.heappush(self.delayed[row.queue], (row.run_at, row.id))
+            self.touched.add(row.queue)
+
+    def _settle_dependents(self, done: _Row, now: float) -> None:
+        """Wake the tasks waiting on ``done``, or fail them (and theirs, down the graph)."""
+        stack = [done]
+        while stack:
+            parent = stack.pop()
+            for child_id in sorted(self.dependents.pop(parent.id, set())):
+                child = self.tasks.get(child_id)
+                if child is None or child.state is not State.WAITING:
+                    continue
+                if parent.state is State.SUCCEEDED:
+                    if all(self._succeeded(dep) for dep in child.depends_on):
+                        self.transition(child, "deps_succeeded", now)
+                else:
+                    child.failure_reason = FailureReason.DEPENDENCY_FAILED
+                    reason = f"dependency {parent.id} {parent.state.value}"
+                    self.transition(child, "dependency_failed", now, reason=reason)
+                    stack.append(child)
+
+    def _succeeded(self, task_id: str) -> bool:
+        row = self.tasks.get(task_id)
+        return row is not None and row.state is State.SUCCEEDED
+
+    def held(self, task_id: str, lease_token: str) -> _Row | None:
+        """The row if ``lease_token`` still holds it (running, same token), else ``None``."""
+        row = self.tasks.get(task_id)
+        if row is None or row.state is not State.RUNNING or row.lease_token != lease_token:
+            return None
+        return row
+
+    def unfinished(self, queue: str) -> int:
+        return sum(self.counts[(queue, state)] for state in states.ACTIVE)
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    def enqueue(self, params: EnqueueParams) -> list[Enqueued]:
+        """Plan the whole batch, check it, and only then write it (all or nothing)."""
+        now = time.time()
+        existing: dict[int, str] = {}  # batch position -> the task its idempotency key names
+        alias: dict[str, str] = {}  # id of a deduplicated submit -> that task's id
+        keys: dict[tuple[str, str], str] = {}  # keys first used in this batch
+        planned: dict[str, tuple[_Row, NewTask]] = {}
+        for pos, t in enumerate(params.tasks):
+            key = None if t.idempotency_key is None else (t.queue, t.idempotency_key)
+            first = None if key is None else (self.idempotency.get(key) or keys.get(key))
+            if first is not None:
+                existing[pos] = alias[t.id] = first
+                continue
+            if t.id in self.tasks or t.id in planned:
+                raise TaskExists(f"task {t.id} already exists", task_id=t.id)
+            if key is not None:
+                keys[key] = t.id
+            planned[t.id] = (_Row.new(t), t)
+        for row, t in planned.values():
+            row.depends_on = [alias.get(dep, dep) for dep in t.depends_on]
+            for dep in row.depends_on:
+                if dep not in self.tasks and dep not in planned:
+                    raise TaskNotFound(f"task {row.id} depends on unknown task {dep}", task_id=dep)
+        rows = [row for row, _ in planned.values()]
+        self._check_room(rows, params.max_length)
+        for row in rows:
+            self._insert(row)
+        for row in rows:
+            if row.state is State.WAITING:
+                self._link(row, now)
+        out = []
+        for pos, t in enumerate(params.tasks):
+            task_id = existing.get(pos, t.id)
+            out.append(Enqueued(id=task_id, state=self.tasks[task_id].state, created=pos not in existing))
+        return out
+
+    def _check_room(self, rows: Sequence[_Row], max_length: dict[str, int]) -> None:
+        added = Counter(row.queue for row in rows)
+        for queue, n in added.items():
+            bound = max_length.get(queue)
+            if bound is not None and self.unfinished(queue) + n > bound:
+                raise QueueFull(
+                    f"queue {queue!r} is full ({bound} unfinished tasks at most)",
+                    queue=queue,
+                    max_length=bound,
+                )
+
+    def _insert(self, row: _Row) -> None:
+        self.tasks[row.id] = row
+        insort(self.order, row.id)
+        if row.idempotency_key is not None:
+            self.idempotency[(row.queue, row.idempotency_key)] = row.id
+        row.history.append(HistoryEntry(at=_dt(row.created_at), state=row.state, transition="enqueue"))
+        self._count(row, +1)
+        self._index(row)
+
+    def _link(self, row: _Row, now: float) -> None:
+        """Resolve a new ``waiting`` task against dependencies that may have settled."""
+        deps = [self.tasks[dep] for dep in row.depends_on]
+        lost = next((d for d in deps if d.state in (State.FAILED, State.CANCELLED)), None)
+        if lost is not None:
+            row.failure_reason = FailureReason.DEPENDENCY_FAILED
+            self.move(row, "dependency_failed", now, reason=f"dependency {lost.id} {lost.state.value}")
+        elif all(d.state is State.SUCCEEDED for d in deps):
+            self.transition(row, "deps_succeeded", now)
+        else:
+            for dep in deps:
+                if dep.state is not State.SUCCEEDED:
+                    self.dependents[dep.id].add(row.id)
+
+    # --- claim -----------------------------------------------------------------------
+
+    def claim(self, params: ClaimParams) -> Claim:
+        now = time.time() if params.now is None else params.now
+        queues = list(params.queues) or sorted(self.ready.keys() | self.delayed.keys())
+        for queue in queues:
+            self._promote_due(queue, now)
+        heads: list[tuple[tuple[int, float, str], str]] = []  # best ready entry of each queue
+        for queue in queues:
+            self._push_head(heads, queue)
+        taken: list[_Row] = []
+        passed: list[tuple[tuple[int, float, str], str]] = []  # ready, but needs other tags
+        while heads and len(taken) < params.limit:
+            key, queue = heapq.heappop(heads)
+            row = self.tasks[key[2]]
+            if params.tags.issuperset(row.requires):
+                taken.append(row)
+            else:
+                passed.append((key, queue))
+            self._push_head(heads, queue)
+        for key, queue in passed + heads:
+            heapq.heappush(self.ready[queue], key)
+        for row in taken:
+            self.transition(row, "claim", now, worker_id=params.worker_id)
+            row.attempts += 1
+            row.started_at = now
+            row.worker_id = params.worker_id
+            row.lease_token = secrets.token_hex(16)
+            row.lease_expires_at = now + params.lease_seconds
+        return Claim(tasks=[row.to_claimed() for row in taken], next_due=self.next_due(queues))
+
+    def _promote_due(self, queue: str, now: float) -> None:
+        heap = self.delayed.get(queue)
+        while heap and heap[0][0] <= now:
+            run_at, task_id = heapq.heappop(heap)
+            row = self.tasks.get(task_id)
+            if row is not None and row.state in _DELAYED and row.run_at == run_at:
+                self.transition(row, "due", now)
+
+    def _push_head(self, heads: list[tuple[tuple[int, float, str], str]], queue: str) -> None:
+        """Move the best live entry of ``queue``'s ready heap onto ``heads``."""
+        heap = self.ready.get(queue)
+        while heap:
+            key = heapq.heappop(heap)
+            row = self.tasks.get(key[2])
+            if row is not None and row.state is State.PENDING and row.ready_key == key:
+                heapq.heappush(heads, (key, queue))
+                return
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """When the earliest ``scheduled``/``retrying`` task in ``queues`` becomes due."""
+        due: float | None = None
+        for queue in queues or list(self.delayed):
+            heap = self.delayed.get(queue)
+            while heap:
+                run_at, task_id = heap[0]
+                row = self.tasks.get(task_id)
+                if row is not None and row.state in _DELAYED and row.run_at == run_at:
+                    due = run_at if due is None else min(due, run_at)
+                    break
+                heapq.heappop(heap)  # stale: that task has moved on
+        return due
+
+    # --- outcomes and leases ---------------------------------------------------------
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        results = [_json_copy(o.result, "result") for o in outcomes]  # may refuse the batch
+        return [self._finish(outcome, result) for outcome, result in zip(outcomes, results, strict=True)]
+
+    def _finish(self, outcome: Outcome, result: Any) -> bool:
+        row = self.held(outcome.task_id, outcome.lease_token)
+        if row is None:
+            return False
+        now = time.time() if outcome.finished_at is None else outcome.finished_at
+        worker_id = outcome.worker_id or row.worker_id
+        if outcome.kind == "complete":
+            row.result = result
+            row.error = None
+            self.move(row, "complete", now, worker_id=worker_id)
+        elif outcome.kind == "retry":
+            row.error = outcome.error
+            row.run_at = now if outcome.run_at is None else outcome.run_at
+            reason = None if outcome.error is None else f"{outcome.error.type}: {outcome.error.message}"
+            self.move(row, "retry", now, worker_id=worker_id, reason=reason)
+        else:
+            row.error = outcome.error
+            row.failure_reason = outcome.failure_reason or FailureReason.PERMANENT_ERROR
+            self.move(row, "fail", now, worker_id=worker_id, reason=row.failure_reason.value)
+        return True
+
+    def release(self, params: ReleaseParams) -> int:
+        now = time.time()
+        released = 0
+        for lease in params.leases:
+            row = self.held(lease.task_id, lease.lease_token)
+            if row is None:
+                continue
+            if lease.refund:
+                row.attempts = max(0, row.attempts - 1)
+            self.move(row, "release", now, worker_id=params.worker_id, reason=params.reason)
+            released += 1
+        return released
+
+    def reap(self, params: ReapParams) -> list[str]:
+        now = time.time() if params.now is None else params.now
+        lapsed = sorted(
+            (expires, row.id)
+            for row in self.running.values()
+            if (expires := row.lease_expires_at) is not None and expires < now
+        )[: params.limit]
+        for _, task_id in lapsed:
+            row = self.tasks[task_id]
+            holder = row.worker_id
+            if row.attempts > row.max_retries:
+                row.failure_reason = FailureReason.RETRIES_EXHAUSTED
+                row.error = TaskError(
+                    type="LeaseExpired",
+                    message=f"lease of worker {holder} expired on attempt {row.attempts}",
+                )
+                self.move(row, "lease_expired_final", now, worker_id=holder, reason="lease expired")
+            else:
+                self.move(row, "lease_expired", now, worker_id=holder, reason="lease expired")
+        return [task_id for _, task_id in lapsed]
+
+    def cancel(self, params: CancelParams) -> Task:
+        row = self.get(params.task_id)
+        self.move(row, "cancel", time.time(), reason=params.reason)
+        return row.to_task()
+
+    def get(self, task_id: str) -> _Row:
+        row = self.tasks.get(task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
+        return row
+
+    # --- admin -----------------------------------------------------------------------
+
+    def select(self, flt: TaskFilter) -> list[_Row]:
+        ids = None if flt.ids is None else set(flt.ids)
+        return [self.tasks[i] for i in self.order if self.tasks[i].matches(flt, ids)]
+
+    def list_page(self, params: ListParams) -> Page:
+        limit = max(1, params.limit)
+        end = len(self.order) if params.cursor is None else bisect_left(self.order, params.cursor)
+        ids = None if params.filter.ids is None else set(params.filter.ids)
+        found: list[_Row] = []
+        for pos in range(end - 1, -1, -1):
+            row = self.tasks[self.order[pos]]
+            if row.matches(params.filter, ids):
+                found.append(row)
+                if len(found) > limit:
+                    break
+        page = found[:limit]
+        more = len(found) > limit
+        return Page(items=[row.to_task() for row in page], next_cursor=page[-1].id if more else None)
+
+    def replay(self, flt: TaskFilter) -> int:
+        now = time.time()
+        rows = self.select(replace(flt, state=State.FAILED))
+        for row in rows:
+            row.attempts = 0
+            row.error = row.failure_reason = row.result = None
+            row.started_at = row.finished_at = None
+            row.run_at = now
+            self.move(row, "replay", now, reason="replayed")
+        return len(rows)
+
+    def purge(self, flt: TaskFilter) -> int:
+        rows = self.select(replace(flt, state=State.FAILED))
+        for row in rows:
+            self._count(row, -1)
+            del self.tasks[row.id]
+            self.order.pop(bisect_left(self.order, row.id))
+            self.dependents.pop(row.id, None)
+            if row.idempotency_key is not None:
+                self.idempotency.pop((row.queue, row.idempotency_key), None)
+        return len(rows)
+
+    def queue_list(self) -> list[QueueInfo]:
+        names = sorted({queue for (queue, _), n in self.counts.items() if n > 0})
+        return [
+            QueueInfo(
+                name=name,
+                counts={state.value: self.counts[(name, state)] for state in State},
+                pending_by_band={band.value: self.pending_bands[(name, band)] for band in Band},
+            )
+            for name in names
+        ]
+
+    def stats(self, offline_after: float) -> Stats:
+        now = time.time()
+        counts = {state.value: 0 for state in State}
+        for (_, state), n in self.counts.items():
+            counts[state.value] += n
+        finished = sum(
+            1
+            for row in self.tasks.values()
+            if row.finished_at is not None and row.finished_at >= now - _FINISHED_WINDOW
+        )
+        workers = {state.value: 0 for state in WorkerState}
+        for worker in self.worker_list(offline_after):
+            workers[worker.state.value] += 1
+        return Stats(
+            counts=counts,
+            queues=self.queue_list(),
+            workers=workers,
+            dlq_size=counts[State.FAILED.value],
+            finished_last_minute=finished,
+            throughput_per_second=finished / _FINISHED_WINDOW,
+        )
+
+    # --- workers ---------------------------------------------------------------------
+
+    def heartbeat(self, params: HeartbeatParams) -> list[str]:
+        now = time.time() if params.now is None else params.now
+        worker = self.workers.get(params.worker_id)
+        if worker is not None:
+            self.workers[params.worker_id] = worker.model_copy(
+                update={
+                    "state": params.state,
+                    "active": params.active,
+                    "processed": params.processed,
+                    "last_heartbeat_at": _dt(now),
+                }
+            )
+        lost = []
+        for lease in params.leases:
+            row = self.held(lease.task_id, lease.lease_token)
+            if row is None:
+                lost.append(lease.task_id)
+            else:
+                row.lease_expires_at = now + params.lease_seconds
+        return lost
+
+    def worker_list(self, offline_after: float) -> list[WorkerInfo]:
+        cutoff = time.time() - offline_after
+        out = []
+        for worker in sorted(self.workers.values(), key=lambda w: w.id):
+            silent = worker.last_heartbeat_at.timestamp() < cutoff
+            state = WorkerState.OFFLINE if silent else worker.state
+            out.append(worker.model_copy(update={"state": state}))
+        return out
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _store_for(url: str) -> _Store:
+    """The process-wide store ``url`` names (``memory://name``; bare ``memory://`` is ``default``)."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    name = rest.split("?", 1)[0].strip("/") or "default"
+    with _STORES_LOCK:
+        store = _STORES.get(name)
+        if store is None:
+            store = _STORES[name] = _Store()
+        return store
+
+
+class MemoryBackend:
+    """The ``memory://`` engine: every rule of the contract, in plain Python, in one process.
+
+    For tests and as the reference the other engines are read against; several
+    instances on one URL share their store, and nothing survives the process.
+    """
+
+    def __init__(self, url: str = "memory://", *, offline_after: float = 30.0) -> None:
+        self.url = url
+        self.offline_after = offline_after
+        self._store = _store_for(url)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """The store outlives the instance, like a database outlives a connection."""
+
+    async def migrate(self) -> list[str]:
+        return []
+
+    # --- task store ------------------------------------------------------------------
+
+    async def task_enqueue_many(self, params: EnqueueParams) -> list[Enqueued]:
+        with self._store.atomic() as store:
+            return store.enqueue(params)
+
+    async def task_claim(self, params: ClaimParams) -> Claim:
+        with self._store.atomic() as store:
+            return store.claim(params)
+
+    async def task_finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        with self._store.atomic() as store:
+            return store.finish_many(outcomes)
+
+    async def task_release(self, params: ReleaseParams) -> int:
+        with self._store.atomic() as store:
+            return store.release(params)
+
+    async def task_reap_expired(self, params: ReapParams) -> list[str]:
+        with self._store.atomic() as store:
+            return store.reap(params)
+
+    async def task_cancel(self, params: CancelParams) -> Task:
+        with self._store.atomic() as store:
+            return store.cancel(params)
+
+    async def task_get(self, task_id: str) -> Task:
+        with self._store.atomic() as store:
+            return store.get(task_id).to_task()
+
+    async def task_wait(self, params: WaitParams) -> None:
+        """Sleep until another call adds ready or delayed work to ``params.queues``,
+        the next delayed task there falls due, or ``params.timeout`` passes."""
+        waiter = _Waiter(asyncio.get_running_loop(), asyncio.Event(), frozenset(params.queues))
+        with self._store.atomic() as store:
+            due = store.next_due(params.queues)
+            store.waiters.add(waiter)
+        timeout = params.timeout if due is None else min(params.timeout, max(0.0, due - time.time()))
+        try:
+            await asyncio.wait_for(waiter.event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._store.lock:
+                self._store.waiters.discard(waiter)
+
+    # --- admin -----------------------------------------------------------------------
+
+    async def task_list(self, params: ListParams) -> Page:
+        with self._store.atomic() as store:
+            return store.list_page(params)
+
+    async def task_replay(self, flt: TaskFilter) -> int:
+        with self._store.atomic() as store:
+            return store.replay(flt)
+
+    async def task_purge(self, flt: TaskFilter) -> int:
+        with self._store.atomic() as store:
+            return store.purge(flt)
+
+    async def queue_list(self) -> list[QueueInfo]:
+        with self._store.atomic() as store:
+            return store.queue_list()
+
+    async def stats(self) -> Stats:
+        with self._store.atomic() as store:
+            return store.stats(self.offline_after)
+
+    # --- workers ---------------------------------------------------------------------
+
+    async def worker_register(self, info: WorkerInfo) -> None:
+        with self._store.atomic() as store:
+            store.workers[info.id] = info.model_copy()
+
+    async def worker_heartbeat(self, params: HeartbeatParams) -> list[str]:
+        with self._store.atomic() as store:
+            return store.heartbeat(params)
+
+    async def worker_deregister(self, worker_id: str) -> None:
+        with self._store.atomic() as store:
+            worker = store.workers.get(worker_id)
+            if worker is not None:
+                store.workers[worker_id] = worker.model_copy(update={"state": WorkerState.OFFLINE})
+
+    async def worker_list(self) -> list[WorkerInfo]:
+        with self._store.atomic() as store:
+            return store.worker_list(self.offline_after)
+
+
+__all__ = ["MemoryBackend"]

@@ -1,0 +1,398 @@
+-- Named queries of the SQLite engine, loaded by conveyor.backends.sqlfiles.
+--
+-- {from:T} is the predicate on the source states of transition T in
+-- conveyor.states (e.g. "= 'pending'"), {to:T} its target state. Every transition
+-- appends a HistoryEntry (at, state, transition, worker_id, reason) to the JSON
+-- array in "history" within the same UPDATE. Its "at" comes in as the text of the
+-- float (json(:at)): SQLite prints REALs with 15 digits, which would make the entry
+-- differ from updated_at in the last microseconds. Leaving "running" clears the
+-- lease and worker_id; entering a terminal state sets finished_at.
+
+-- name: insert_task
+-- Positional, for executemany: see sqlite_rows.insert_row.
+INSERT INTO tasks (
+    id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+    idempotency_key, max_retries, timeout, retry, created_at, updated_at, history
+) VALUES (
+    ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15,
+    json_array(json_object('at', json(?16), 'state', ?6, 'transition', 'enqueue',
+                           'worker_id', NULL, 'reason', NULL))
+);
+
+-- name: insert_dep
+INSERT OR IGNORE INTO task_deps (depends_on, task_id) VALUES (?, ?);
+
+-- name: find_idempotent
+-- :keys is a JSON array of [queue, key] pairs.
+SELECT queue, idempotency_key, id, state FROM tasks
+WHERE (queue, idempotency_key) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)
+) AND idempotency_key IS NOT NULL;
+
+-- name: existing_ids
+SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: count_unfinished
+-- Bounded by :cap (the queue's max_length + 1), so a full queue costs no more.
+SELECT count(*) FROM (
+    SELECT 1 FROM tasks WHERE queue = :queue AND state {from:active} LIMIT :cap
+);
+
+-- name: promote_due
+UPDATE tasks SET
+    state = {to:due},
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:due},
+        'transition', 'due', 'worker_id', NULL, 'reason', NULL))
+WHERE rowid IN (
+    SELECT rowid FROM tasks INDEXED BY tasks_due
+    WHERE state {from:due} AND run_at <= :now
+);
+
+-- name: claim_update
+-- A fragment, run under a "claim_queues(value)" CTE naming the queues to take from:
+-- one ordered scan of the ready index per queue takes its first :limit rows, and
+-- the outer ORDER BY sorts only those few, so a claim costs the same with a
+-- million tasks waiting as with ten. :tags is a JSON array of the worker's tags.
+UPDATE tasks SET
+    state = {to:claim},
+    attempts = attempts + 1,
+    worker_id = :worker_id,
+    lease_token = lower(hex(randomblob(16))),  -- fresh per task and attempt
+    lease_expires_at = :expires,
+    started_at = :now,
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:claim},
+        'transition', 'claim', 'worker_id', :worker_id, 'reason', NULL))
+WHERE rowid IN (
+    SELECT c.rowid FROM claim_queues AS q
+    JOIN tasks AS c ON c.rowid IN (
+        SELECT t.rowid FROM tasks AS t INDEXED BY tasks_ready
+        WHERE t.state {from:claim} AND t.queue = q.value
+          AND (t.requires = '[]' OR NOT EXISTS (
+              SELECT 1 FROM json_each(t.requires) AS r
+              WHERE r.value NOT IN (SELECT value FROM json_each(:tags))))
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT :limit)
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT :limit
+)
+RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry,
+          run_at, created_at, labels, lease_token
+
+-- name: claim_queues
+-- The queues in :queues, a JSON array.
+WITH claim_queues(value) AS (SELECT value FROM json_each(:queues))
+{include:claim_update};
+
+-- name: claim_all
+-- Every queue with ready work, found by skipping through the ready index one
+-- queue at a time (a loose index scan: one seek per queue).
+WITH RECURSIVE claim_queues(value) AS (
+    SELECT (SELECT min(queue) FROM tasks INDEXED BY tasks_ready WHERE state {from:claim})
+    UNION ALL
+    SELECT (SELECT min(queue) FROM tasks INDEXED BY tasks_ready
+            WHERE state {from:claim} AND queue > claim_queues.value)
+    FROM claim_queues WHERE value IS NOT NULL
+)
+{include:claim_update};
+
+-- name: next_due_queues
+SELECT run_at FROM tasks INDEXED BY tasks_due
+WHERE state {from:due} AND queue IN (SELECT value FROM json_each(:queues))
+ORDER BY run_at LIMIT 1;
+
+-- name: next_due_all
+SELECT run_at FROM tasks INDEXED BY tasks_due
+WHERE state {from:due}
+ORDER BY run_at LIMIT 1;
+
+-- name: lease_holders
+-- Current state and lease of the tasks in :ids (a JSON array), to fence a batch.
+SELECT id, state, lease_token FROM tasks
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: finish_complete
+-- Positional, for executemany: see sqlite_rows.outcome_row (?5 is the time, ?6 its text).
+UPDATE tasks SET
+    state = {to:complete},
+    result = ?3,
+    error = NULL,
+    finished_at = ?5,
+    updated_at = ?5,
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:complete},
+        'transition', 'complete', 'worker_id', coalesce(?7, worker_id), 'reason', NULL))
+WHERE id = ?1 AND lease_token = ?2 AND state {from:complete};
+
+-- name: finish_retry
+UPDATE tasks SET
+    state = {to:retry},
+    run_at = ?3,
+    error = ?4,
+    updated_at = ?5,
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:retry},
+        'transition', 'retry', 'worker_id', coalesce(?7, worker_id),
+        'reason', json_extract(?4, '$.type') || ': ' || json_extract(?4, '$.message')))
+WHERE id = ?1 AND lease_token = ?2 AND state {from:retry};
+
+-- name: finish_fail
+UPDATE tasks SET
+    state = {to:fail},
+    failure_reason = ?3,
+    error = ?4,
+    finished_at = ?5,
+    updated_at = ?5,
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:fail},
+        'transition', 'fail', 'worker_id', coalesce(?7, worker_id), 'reason', ?3))
+WHERE id = ?1 AND lease_token = ?2 AND state {from:fail};
+
+-- name: deps_succeeded
+-- Waiting dependents of :ids (a JSON array) whose every dependency succeeded.
+UPDATE tasks SET
+    state = {to:deps_succeeded},
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:deps_succeeded},
+        'transition', 'deps_succeeded', 'worker_id', NULL, 'reason', NULL))
+WHERE id IN (
+    SELECT task_id FROM task_deps WHERE depends_on IN (SELECT value FROM json_each(:ids))
+) AND state {from:deps_succeeded} AND NOT EXISTS (
+    SELECT 1 FROM task_deps AS d LEFT JOIN tasks AS p ON p.id = d.depends_on
+    WHERE d.task_id = tasks.id AND (p.state IS NULL OR p.state != {to:complete})
+)
+RETURNING id;
+
+-- name: dependency_lost
+-- A fragment: the reason a waiting task can never run, naming the dependency.
+(SELECT 'dependency ' || p.id || ' ' || p.state
+ FROM task_deps AS d JOIN tasks AS p ON p.id = d.depends_on
+ WHERE d.task_id = tasks.id AND p.state {from:terminal} AND p.state != {to:complete}
+ LIMIT 1)
+
+-- name: deps_failed
+-- Waiting dependents of :ids that can never run; the caller repeats it down the graph.
+UPDATE tasks SET
+    state = {to:dependency_failed},
+    failure_reason = 'dependency_failed',
+    finished_at = :now,
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:dependency_failed},
+        'transition', 'dependency_failed', 'worker_id', NULL, 'reason', {include:dependency_lost}))
+WHERE id IN (
+    SELECT task_id FROM task_deps WHERE depends_on IN (SELECT value FROM json_each(:ids))
+) AND state {from:dependency_failed}
+RETURNING id;
+
+-- name: deps_check_new
+-- New waiting tasks in :ids whose dependencies already finished: [id, verdict] rows,
+-- verdict 'failed' if one can never succeed, 'ready' if all succeeded.
+SELECT d.task_id,
+       CASE WHEN sum(p.state {from:terminal} AND p.state != {to:complete}) > 0 THEN 'failed'
+            WHEN sum(p.state IS NULL OR p.state != {to:complete}) = 0 THEN 'ready'
+       END AS verdict
+FROM task_deps AS d LEFT JOIN tasks AS p ON p.id = d.depends_on
+WHERE d.task_id IN (SELECT value FROM json_each(:ids))
+GROUP BY d.task_id
+HAVING verdict IS NOT NULL;
+
+-- name: mark_ready
+UPDATE tasks SET
+    state = {to:deps_succeeded},
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:deps_succeeded},
+        'transition', 'deps_succeeded', 'worker_id', NULL, 'reason', NULL))
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state {from:deps_succeeded}
+RETURNING id;
+
+-- name: mark_dependency_failed
+UPDATE tasks SET
+    state = {to:dependency_failed},
+    failure_reason = 'dependency_failed',
+    finished_at = :now,
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:dependency_failed},
+        'transition', 'dependency_failed', 'worker_id', NULL, 'reason', {include:dependency_lost}))
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state {from:dependency_failed}
+RETURNING id;
+
+-- name: release
+-- Positional, for executemany: id, token, refund (0 or 1), now, worker_id, reason, at.
+UPDATE tasks SET
+    state = {to:release},
+    attempts = max(attempts - ?3, 0),
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    updated_at = ?4,
+    history = json_insert(history, '$[#]', json_object('at', json(?7), 'state', {to:release},
+        'transition', 'release', 'worker_id', ?5, 'reason', ?6))
+WHERE id = ?1 AND lease_token = ?2 AND state {from:release};
+
+-- name: reap_expired
+-- A lapsed lease counts as an attempt: back to pending, or failed when none are left.
+UPDATE tasks SET
+    state = CASE WHEN attempts > max_retries THEN {to:lease_expired_final}
+                 ELSE {to:lease_expired} END,
+    failure_reason = CASE WHEN attempts > max_retries THEN 'retries_exhausted'
+                          ELSE failure_reason END,
+    error = CASE WHEN attempts > max_retries THEN json_object('type', 'LeaseExpired',
+                     'message', 'lease of worker ' || coalesce(worker_id, '?')
+                                || ' expired on attempt ' || attempts,
+                     'traceback', NULL, 'retryable', json('true'))
+                 ELSE error END,
+    finished_at = CASE WHEN attempts > max_retries THEN :now ELSE finished_at END,
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    updated_at = :now,
+    history = json_insert(history, '$[#]', json_object('at', json(:at),
+        'state', CASE WHEN attempts > max_retries THEN {to:lease_expired_final}
+                      ELSE {to:lease_expired} END,
+        'transition', CASE WHEN attempts > max_retries THEN 'lease_expired_final'
+                           ELSE 'lease_expired' END,
+        'worker_id', worker_id, 'reason', 'lease expired'))
+WHERE rowid IN (
+    SELECT rowid FROM tasks INDEXED BY tasks_leases
+    WHERE state {from:lease_expired} AND lease_expires_at < :now
+    ORDER BY lease_expires_at
+    LIMIT :limit
+)
+RETURNING id, state;
+
+-- name: cancel
+UPDATE tasks SET
+    state = {to:cancel},
+    finished_at = :now,
+    updated_at = :now,
+    worker_id = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:cancel},
+        'transition', 'cancel', 'worker_id', NULL, 'reason', :reason))
+WHERE id = :id AND state {from:cancel}
+RETURNING *;
+
+-- name: get_task
+SELECT * FROM tasks WHERE id = :id;
+
+-- name: task_state
+SELECT state FROM tasks WHERE id = :id;
+
+-- name: extend_lease
+-- Positional, for executemany: expires, id, token.
+UPDATE tasks SET lease_expires_at = ?1
+WHERE id = ?2 AND lease_token = ?3 AND state = {to:claim};
+
+-- name: worker_upsert
+INSERT INTO workers (
+    id, host, pid, queues, tags, concurrency, pool, version, state, active, processed,
+    started_at, last_heartbeat_at
+) VALUES (
+    :id, :host, :pid, :queues, :tags, :concurrency, :pool, :version, :state, :active,
+    :processed, :started_at, :last_heartbeat_at
+)
+ON CONFLICT (id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, queues = excluded.queues, tags = excluded.tags,
+    concurrency = excluded.concurrency, pool = excluded.pool, version = excluded.version,
+    state = excluded.state, active = excluded.active, processed = excluded.processed,
+    started_at = excluded.started_at, last_heartbeat_at = excluded.last_heartbeat_at;
+
+-- name: worker_touch
+UPDATE workers SET state = :state, active = :active, processed = :processed,
+    last_heartbeat_at = :now
+WHERE id = :id;
+
+-- name: worker_offline
+UPDATE workers SET state = 'offline', active = 0 WHERE id = :id;
+
+-- name: worker_list
+SELECT * FROM workers ORDER BY id;
+
+-- name: task_filter
+-- A fragment, included by listings, replay and purge: NULL matches everything.
+(:queue IS NULL OR queue = :queue)
+AND (:name IS NULL OR name = :name)
+AND (:label IS NULL OR EXISTS (SELECT 1 FROM json_each(labels) WHERE value = :label))
+
+-- name: list_tasks
+-- Newest first, by a range scan on the primary key: char(1114111) sorts after every
+-- id, so a missing cursor keeps the range.
+SELECT * FROM tasks
+WHERE id < coalesce(:cursor, char(1114111))
+  AND (:state IS NULL OR state = :state)
+  AND {include:task_filter}
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_tasks_by_ids
+SELECT * FROM tasks
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND id < coalesce(:cursor, char(1114111))
+  AND (:state IS NULL OR state = :state)
+  AND {include:task_filter}
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: replay_set
+-- A fragment: failed tasks go back to pending with attempts reset; history is kept.
+state = {to:replay},
+attempts = 0,
+run_at = :now,
+result = NULL,
+error = NULL,
+failure_reason = NULL,
+started_at = NULL,
+finished_at = NULL,
+worker_id = NULL,
+lease_token = NULL,
+lease_expires_at = NULL,
+updated_at = :now,
+history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:replay},
+    'transition', 'replay', 'worker_id', NULL, 'reason', 'replayed'))
+
+-- name: replay
+-- Only failed tasks: a state in the filter is ignored (forced to failed).
+UPDATE tasks SET {include:replay_set}
+WHERE state {from:replay} AND {include:task_filter};
+
+-- name: replay_by_ids
+UPDATE tasks SET {include:replay_set}
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state {from:replay} AND {include:task_filter};
+
+-- name: purge
+-- Dead letters only, like replay.
+DELETE FROM tasks
+WHERE state = {to:fail} AND {include:task_filter}
+RETURNING id;
+
+-- name: purge_by_ids
+DELETE FROM tasks
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state = {to:fail} AND {include:task_filter}
+RETURNING id;
+
+-- name: purge_deps
+DELETE FROM task_deps WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: queue_counts
+SELECT queue, state, count(*) FROM tasks GROUP BY queue, state;
+
+-- name: queue_ready_priorities
+SELECT queue, priority, count(*) FROM tasks INDEXED BY tasks_ready
+WHERE state {from:claim}
+GROUP BY queue, priority;
+
+-- name: finished_since
+SELECT count(*) FROM tasks INDEXED BY tasks_finished WHERE finished_at >= :since;
+
+-- name: data_version
+PRAGMA data_version;

@@ -1,0 +1,115 @@
+"""The SQLite engine's admin operations: listings, the dead-letter queue, queue
+depths, statistics and the worker registry. Off the hot path, so these favour
+plain SQL over cleverness; they share ``TaskOps``'s connection and thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from typing import Any
+
+from conveyor import states
+from conveyor.backends.base import ListParams, TaskFilter
+from conveyor.backends.sqlite_ops import Connection, Q
+from conveyor.backends.sqlite_rows import dump, stamp, task_from_row, worker_from_row, worker_row
+from conveyor.models import Page, QueueInfo, Stats, WorkerInfo, WorkerState
+from conveyor.priority import Band, band_of
+from conveyor.states import State
+
+_FAILED = states.target("fail").value
+
+
+class AdminOps(Connection):
+    """One method per ``AdminStore`` and ``WorkerRegistry`` operation (bar heartbeats)."""
+
+    def worker_register(self, info: WorkerInfo) -> None:
+        with self._write() as cur:
+            cur.execute(Q["worker_upsert"], worker_row(info))
+
+    def worker_deregister(self, worker_id: str) -> None:
+        with self._write() as cur:
+            cur.execute(Q["worker_offline"], {"id": worker_id})
+
+    def worker_list(self, offline_after: float) -> list[WorkerInfo]:
+        cur = self.conn.cursor()
+        cur.row_factory = sqlite3.Row
+        before = time.time() - offline_after
+        return [worker_from_row(row, before) for row in cur.execute(Q["worker_list"])]
+
+    # --- admin -------------------------------------------------------------------------
+
+    def task_list(self, p: ListParams) -> Page:
+        """Newest first; ``next_cursor`` is the last id when another page follows."""
+        limit = max(1, p.limit)
+        args = _filter_args(p.filter) | {"state": p.filter.state, "cursor": p.cursor, "limit": limit + 1}
+        query = Q["list_tasks"] if p.filter.ids is None else Q["list_tasks_by_ids"]
+        with self._read() as cur:
+            rows = cur.execute(query, args).fetchall()
+        items = [task_from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=items[-1].id if more else None)
+
+    def task_replay(self, flt: TaskFilter) -> int:
+        """Failed tasks back to ``pending`` (a state in ``flt`` is ignored: dead letters only)."""
+        with self._write() as cur:
+            query = Q["replay"] if flt.ids is None else Q["replay_by_ids"]
+            now = time.time()
+            count = cur.execute(query, _filter_args(flt) | {"now": now, "at": stamp(now)}).rowcount
+        if count > 0:
+            self.notify()
+        return max(count, 0)
+
+    def task_purge(self, flt: TaskFilter) -> int:
+        """Delete dead letters and their DAG edges; frees their idempotency keys."""
+        with self._write() as cur:
+            query = Q["purge"] if flt.ids is None else Q["purge_by_ids"]
+            ids = [task_id for (task_id,) in cur.execute(query, _filter_args(flt)).fetchall()]
+            if ids:
+                cur.execute(Q["purge_deps"], {"ids": dump(ids)})
+        return len(ids)
+
+    def queue_list(self) -> list[QueueInfo]:
+        with self._read() as cur:
+            return self._queues(cur)
+
+    def _queues(self, cur: sqlite3.Cursor) -> list[QueueInfo]:
+        """Counts from two GROUP BYs over covering indexes; bands from priorities here,
+        so ``conveyor.priority`` stays the one place that defines them."""
+        queues: dict[str, QueueInfo] = {}
+        for queue, state, count in cur.execute(Q["queue_counts"]):
+            info = queues.setdefault(queue, _empty_queue(queue))
+            info.counts[state] = count
+        for queue, priority, count in cur.execute(Q["queue_ready_priorities"]):
+            info = queues.setdefault(queue, _empty_queue(queue))
+            info.pending_by_band[band_of(priority).value] += count
+        return [queues[name] for name in sorted(queues)]
+
+    def stats(self, offline_after: float) -> Stats:
+        now = time.time()
+        with self._read() as cur:
+            queues = self._queues(cur)
+            finished = cur.execute(Q["finished_since"], {"since": now - 60.0}).fetchone()[0]
+        workers = self.worker_list(offline_after)
+        counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
+        by_state = Counter(w.state.value for w in workers)
+        return Stats(
+            counts=counts,
+            queues=queues,
+            workers={s.value: by_state.get(s.value, 0) for s in WorkerState},
+            dlq_size=counts[_FAILED],
+            finished_last_minute=finished,
+            throughput_per_second=finished / 60.0,
+        )
+
+
+def _empty_queue(name: str) -> QueueInfo:
+    return QueueInfo(name=name, counts={s.value: 0 for s in State}, pending_by_band={b.value: 0 for b in Band})
+
+
+def _filter_args(flt: TaskFilter) -> dict[str, Any]:
+    """Named parameters of a ``TaskFilter``; ``None`` matches everything."""
+    args: dict[str, Any] = {"queue": flt.queue, "name": flt.name, "label": flt.label}
+    if flt.ids is not None:
+        args["ids"] = dump(list(flt.ids))
+    return args

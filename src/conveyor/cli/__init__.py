@@ -1,0 +1,1 @@
+"""The ``conveyor`` command line: thin commands over ``conveyor.app.Conveyor``."""

@@ -1,0 +1,124 @@
+"""What every command shares: the ``--url``/``--json`` options, opening the app, output.
+
+Commands talk to a ``Conveyor`` only (never to a backend), print data with rich
+unless ``--json`` asks for the HTTP API's JSON, and report problems by raising
+``ConveyorError``; ``cli.main`` turns those into one line and an exit code.
+"""
+
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from conveyor.app import Conveyor
+from conveyor.config import load_settings
+from conveyor.errors import ConveyorError, InvalidInput
+from conveyor.models import QUEUE_PATTERN
+from conveyor.states import State
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Backend URL. Default: $CONVEYOR_URL, then conveyor.yaml, then sqlite:///conveyor.db.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, the same objects the HTTP API returns.")]
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def connect(url: str | None, *, auto_migrate: bool | None = None) -> Iterator[Conveyor]:
+    """A client app on ``url`` (or the configured one), closed when the command ends."""
+    app = Conveyor(settings=load_settings(url=url, auto_migrate=auto_migrate))
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` (models, lists of models, plain JSON) to stdout as JSON."""
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2) + "\n")
+
+
+def to_jsonable(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list | tuple):
+        return [to_jsonable(item) for item in data]
+    return data
+
+
+def parse_state(value: str | None) -> State | None:
+    """A ``--state`` value, refused with the list of valid names when unknown."""
+    if value is None:
+        return None
+    try:
+        return State(value.strip().lower())
+    except ValueError:
+        valid = ", ".join(s.value for s in State)
+        raise InvalidInput(f"invalid state {value!r}: expected one of {valid}") from None
+
+
+def parse_queue(value: str | None) -> str | None:
+    """A ``--queue`` value; the same name rule as on submit."""
+    if value is not None and not re.fullmatch(QUEUE_PATTERN.strip("^$"), value):
+        raise InvalidInput(f"invalid queue name {value!r}: use 1-100 letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def split_csv(values: Sequence[str] | None) -> list[str]:
+    """``--queues a,b --queues c`` -> ``["a", "b", "c"]``."""
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def load_app(path: str, url: str | None = None) -> Conveyor:
+    """Import the ``Conveyor`` object at ``MODULE:ATTR``; point it at ``url`` if given.
+
+    The current directory is importable, as with ``celery -A`` and ``uvicorn``.
+    ``CONVEYOR_URL`` is set before the import so an app built with ``Conveyor()``
+    and any worker child process see the same URL.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidInput(f"invalid app path {path!r}: expected MODULE:ATTR, e.g. myproj.tasks:app")
+    if url is not None:
+        os.environ["CONVEYOR_URL"] = url
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = _import(module_name)
+    app = getattr(module, attr, None)
+    if app is None:
+        raise InvalidInput(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(app, Conveyor):
+        raise InvalidInput(f"{path} is not a Conveyor app (got {type(app).__name__})")
+    if url is not None and app.url != url:
+        # The app was built with an explicit URL; --url overrides it before any use.
+        app.settings = app.settings.model_copy(update={"url": url})
+        app.url = url
+    return app
+
+
+def _import(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise InvalidInput(f"cannot import module {module_name!r}: no such module") from exc
+        raise ConveyorError(f"importing {module_name!r} failed: {exc}") from exc
+    except ConveyorError:
+        raise
+    except Exception as exc:
+        raise ConveyorError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,142 @@
+"""Operator commands: ``stats``, ``workers``, ``queues``, ``dlq list|replay|purge``, ``migrate``."""
+
+import sys
+from typing import Annotated
+
+import typer
+
+from conveyor.backends.base import TaskFilter
+from conveyor.cli.common import JsonOpt, UrlOpt, connect, err, out, parse_queue, print_json
+from conveyor.cli.render import queues_table, stats_view, tasks_table, workers_table
+from conveyor.errors import InvalidInput
+from conveyor.states import State
+
+QueueOpt = Annotated[str | None, typer.Option(help="Only dead letters of this queue.")]
+NameOpt = Annotated[str | None, typer.Option(help="Only dead letters of this task name.")]
+
+dlq = typer.Typer(help="The dead-letter queue: failed tasks, to inspect, replay or purge.", no_args_is_help=True)
+
+
+PANEL = "Operations"
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command(rich_help_panel=PANEL)(stats)
+    cli.command(rich_help_panel=PANEL)(workers)
+    cli.command(rich_help_panel=PANEL)(queues)
+    cli.add_typer(dlq, name="dlq", rich_help_panel=PANEL)
+    cli.command(rich_help_panel=PANEL)(migrate)
+
+
+def stats(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts per state and queue, throughput, workers, open breakers."""
+    with connect(url) as app:
+        result = app.stats()
+    if as_json:
+        print_json(result)
+    else:
+        out.print(stats_view(result))
+
+
+def workers(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Registered workers and their state (idle, busy, stopping, offline)."""
+    with connect(url) as app:
+        result = app.workers()
+    if as_json:
+        print_json(result)
+    else:
+        out.print(workers_table(result, out.width) if result else "no workers registered")
+
+
+def queues(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Depth of each queue per state, and ready work per priority band."""
+    with connect(url) as app:
+        result = app.queues()
+    if as_json:
+        print_json(result)
+    else:
+        out.print(queues_table(result) if result else "no queues yet")
+
+
+@dlq.command("list")
+def dlq_list(
+    queue: QueueOpt = None,
+    name: NameOpt = None,
+    limit: Annotated[int, typer.Option(help="Page size.", min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="The next cursor a previous page printed.")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List dead letters (failed tasks) with their failure reason and error."""
+    flt = TaskFilter(state=State.FAILED, queue=parse_queue(queue), name=name)
+    with connect(url) as app:
+        page = app.list_tasks(flt, limit, cursor)
+    if as_json:
+        print_json(page.items)
+        if page.next_cursor:
+            err.print(f"next cursor: {page.next_cursor}")
+        return
+    if not page.items:
+        out.print("no dead letters match")
+        return
+    out.print(tasks_table(page.items, title=f"{len(page.items)} dead letters", dlq=True, width=out.width))
+    if page.next_cursor:
+        out.print(f"more: --cursor {page.next_cursor}")
+
+
+@dlq.command("replay")
+def dlq_replay(
+    queue: QueueOpt = None,
+    name: NameOpt = None,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Replay this task (repeatable).")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send matching dead letters back to pending with attempts reset (all if no filter)."""
+    flt = TaskFilter(queue=parse_queue(queue), name=name, ids=ids or None)
+    with connect(url) as app:
+        count = app.dlq_replay(flt)
+    if as_json:
+        print_json({"replayed": count})
+    else:
+        out.print(f"replayed {count} dead letters")
+
+
+@dlq.command("purge")
+def dlq_purge(
+    queue: QueueOpt = None,
+    name: NameOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete matching dead letters for good (all if no filter)."""
+    flt = TaskFilter(queue=parse_queue(queue), name=name)
+    if not yes:
+        _confirm_purge(queue, name)
+    with connect(url) as app:
+        count = app.dlq_purge(flt)
+    if as_json:
+        print_json({"purged": count})
+    else:
+        out.print(f"purged {count} dead letters")
+
+
+def _confirm_purge(queue: str | None, name: str | None) -> None:
+    if not sys.stdin.isatty():
+        raise InvalidInput("refusing to purge without confirmation: pass --yes")
+    scope = " ".join(f"{k}={v}" for k, v in (("queue", queue), ("name", name)) if v) or "ALL"
+    if not typer.confirm(f"Delete {scope} dead letters for good?"):
+        raise typer.Exit(1)
+
+
+def migrate(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Create or upgrade the schema (worker and api also do it unless auto_migrate is off)."""
+    with connect(url, auto_migrate=False) as app:  # so the migrations applied are reported
+        applied = app.migrate()
+    if as_json:
+        print_json(applied)
+    elif applied:
+        out.print("applied: " + ", ".join(applied))
+    else:
+        out.print("schema is up to date")

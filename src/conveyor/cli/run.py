@@ -1,0 +1,100 @@
+"""Long-running commands: ``worker``, ``demo`` and ``bench``."""
+
+import asyncio
+import logging
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from conveyor.cli.common import JsonOpt, UrlOpt, load_app, split_csv
+from conveyor.worker import WorkerOptions, run_worker
+
+
+class PoolKind(StrEnum):
+    ASYNC = "async"
+    THREADS = "threads"
+    PROCESSES = "processes"
+
+
+PANEL = "Running"
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command(rich_help_panel=PANEL)(worker)
+    cli.command(rich_help_panel=PANEL)(demo)
+    cli.command(rich_help_panel=PANEL)(bench)
+
+
+def worker(
+    app_path: Annotated[
+        str, typer.Option("--app", help="MODULE:ATTR of your Conveyor app, e.g. myproj.tasks:app.", show_default=False)
+    ],
+    queues: Annotated[list[str] | None, typer.Option(help="Queues to serve, comma-separated (default: all).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Attempts run at once (default: config, 10).", min=1)] = None,
+    pool: Annotated[PoolKind | None, typer.Option(help="Where attempts run (default: config, async).")] = None,
+    tags: Annotated[list[str] | None, typer.Option(help="Tags this worker offers, comma-separated.")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT; in-flight tasks finish, the rest go back to pending."""
+    app = load_app(app_path, url)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = WorkerOptions(
+        queues=split_csv(queues),
+        tags=split_csv(tags),
+        concurrency=concurrency,
+        pool=pool.value if pool else None,
+        app_path=app_path,
+        install_signals=True,
+    )
+    asyncio.run(run_worker(app, options))
+
+
+def demo(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.", min=1, max=8)] = 2,
+    concurrency: Annotated[int, typer.Option(help="Concurrency of each worker.", min=1, max=100)] = 8,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Run on this backend instead of a temporary SQLite file (tasks stay there)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run the whole system: workers, a mixed workload, live progress, a summary."""
+    from conveyor.demo import DemoOptions, run_demo
+
+    code = run_demo(DemoOptions(workers=workers, concurrency=concurrency, url=url, as_json=as_json))
+    if code:
+        raise typer.Exit(code)
+
+
+def bench(
+    runs: Annotated[int, typer.Option(help="Repeat each measurement; the median is reported.", min=1)] = 3,
+    n: Annotated[int | None, typer.Option("-n", help="Tasks per throughput and claim-cost run.", min=1)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke-test sizes: seconds, rough figures.")] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Measurements to run, comma-separated: enqueue, throughput, latency, claim, memory."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrency of each worker.", min=1)] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when a figure misses its target.")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure submit rate, throughput, latency, claim cost and memory on the chosen backend."""
+    from conveyor.bench import run_cli  # heavy, and only needed here
+
+    code = run_cli(
+        url,
+        json_out=as_json,
+        runs=runs,
+        n=n,
+        quick=quick,
+        only=split_csv(only),
+        workers=workers,
+        concurrency=concurrency,
+        check=check,
+    )
+    if code:
+        raise typer.Exit(code)

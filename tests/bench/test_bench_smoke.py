@@ -1,0 +1,68 @@
+"""The benchmark library runs end to end in --quick mode and reports positive figures.
+
+No timing thresholds here: CI machines are noisy. `make bench` checks the targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conveyor.bench import MEASUREMENTS, BenchConfig, percentile, run_bench, run_cli
+
+
+def test_quick_bench_on_a_sqlite_file_reports_every_figure_positive(tmp_path: Path) -> None:
+    cfg = BenchConfig.quick(runs=1, backlog_big=5_000, memory_n=2_000)
+    report = run_bench(f"sqlite:///{tmp_path / 'bench.db'}", cfg)
+    figures = {f.key: f for f in report.measured()}
+    expected = {
+        "submit_one",
+        "submit_batch",
+        "throughput_1",
+        "throughput_2",
+        "latency_p50",
+        "latency_p95",
+        "latency_p99",
+        "claim_small",
+        "claim_big",
+        "claim_ratio",
+        "rss_warm",
+        "rss_end",
+        "rss_growth",
+    }
+    assert set(figures) == expected
+    medians = {key: fig.median for key, fig in figures.items() if fig.median is not None}
+    assert set(medians) == expected
+    for key in expected - {"rss_growth"}:  # RSS may shrink: growth can be negative
+        assert medians[key] > 0, key
+    assert medians["latency_p50"] <= medians["latency_p99"]
+    assert list(tmp_path.iterdir()) == []  # the scratch files are gone
+
+
+def test_bench_cli_prints_json_figures(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = run_cli(f"sqlite:///{tmp_path / 'b.db'}", json_out=True, runs=1, quick=True, only=["enqueue"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["meta"]["engine"] == "sqlite"
+    assert out["figures"]["submit_one"]["median"] > 0
+    assert out["figures"]["submit_batch"]["runs"]
+
+
+def test_bench_cli_refuses_unknown_measurements() -> None:
+    assert run_cli(None, only=["nope"], quick=True) == 2
+    assert set(MEASUREMENTS) == {"enqueue", "throughput", "latency", "claim", "memory"}
+
+
+def test_bench_on_memory_engine_runs_only_the_in_process_measurement() -> None:
+    report = run_bench("memory://bench-smoke", BenchConfig.quick(runs=1))
+    assert {f.key for f in report.measured()} == {"submit_one", "submit_batch"}
+    assert report.notes
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0

@@ -1,0 +1,182 @@
+"""Task functions the integration tests run, in worker subprocesses and in-process.
+
+Workers import ``tests.integration.tasks_app:app`` (its URL comes from
+``CONVEYOR_URL``); tests build their own client with ``build_app(url)``, which
+registers the same tasks under the same names, so submits get the same defaults.
+
+Tasks report what happened through files named by their arguments (a worker
+subprocess cannot share memory with the test): ``log`` files get one line per
+execution, ``counter`` files one line per attempt (with its time), and ``marks``
+folders one small file per event, named ``<key>.<event>.<pid>.<random>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor, Permanent, Retry, RetryPolicy
+
+FAST = RetryPolicy(max_retries=3, base=0.05, factor=2, max=0.2)
+TIMEOUT = 0.3  # the run-time limit of the ``sleepy_*`` tasks
+
+
+# --- reporting helpers (also used by the tests to read reports back) ----------------------
+
+
+def mark(marks: str, key: str, event: str) -> None:
+    """Record one event in its own file, so concurrent writers never interleave."""
+    name = f"{key}.{event}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    Path(marks, name).touch()
+
+
+def marks_of(marks: str | Path, event: str) -> list[tuple[str, int]]:
+    """``[(key, pid)]`` of every ``event`` recorded in the folder ``marks``."""
+    found = []
+    for p in Path(marks).iterdir():
+        key, ev, pid, _ = p.name.rsplit(".", 3)
+        if ev == event:
+            found.append((key, int(pid)))
+    return found
+
+
+def count_attempt(counter: str) -> int:
+    """Append this attempt's time to ``counter``; returns the attempt number (1-based)."""
+    with open(counter, "a") as f:
+        f.write(f"{time.time()}\n")
+    return len(attempt_times(counter))
+
+
+def attempt_times(counter: str | Path) -> list[float]:
+    p = Path(counter)
+    return [float(x) for x in p.read_text().split()] if p.exists() else []
+
+
+def read_log(log: str | Path) -> list[str]:
+    p = Path(log)
+    return p.read_text().split() if p.exists() else []
+
+
+# --- the tasks ------------------------------------------------------------------------------
+
+
+def record(log: str, tag: str) -> str:
+    """Append ``tag`` to ``log`` (execution order, with concurrency 1)."""
+    with open(log, "a") as f:
+        f.write(tag + "\n")
+    return tag
+
+
+def flaky(counter: str, succeed_on: int) -> int:
+    """Fail with ``RuntimeError`` until attempt ``succeed_on``; returns that attempt number."""
+    n = count_attempt(counter)
+    if n < succeed_on:
+        raise RuntimeError(f"attempt {n} fails")
+    return n
+
+
+def always_fails(counter: str) -> None:
+    count_attempt(counter)
+    raise ValueError("boom")
+
+
+def bad_input(counter: str) -> None:
+    count_attempt(counter)
+    raise Permanent("this input can never work")
+
+
+def retry_later(counter: str, delay: float) -> int:
+    """Ask for a retry after ``delay`` seconds on the first attempt; succeed on the next."""
+    n = count_attempt(counter)
+    if n == 1:
+        raise Retry(delay=delay)
+    return n
+
+
+def needs_fix(flag: str) -> str:
+    """Fails permanently until the file ``flag`` exists (an operator's fix), then succeeds."""
+    if not Path(flag).exists():
+        raise Permanent("not fixed yet")
+    return "fixed"
+
+
+async def sleepy_async(counter: str, seconds: float) -> str:
+    count_attempt(counter)
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+def sleepy_sync(counter: str, seconds: float) -> str:
+    count_attempt(counter)
+    time.sleep(seconds)
+    return "woke up"
+
+
+async def slow(marks: str, key: str, seconds: float) -> str:
+    """Mark ``start``, sleep, mark ``done``; a cancelled attempt marks ``stopped``."""
+    mark(marks, key, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        mark(marks, key, "stopped")
+        raise
+    mark(marks, key, "done")
+    return key
+
+
+async def stubborn(marks: str, key: str, seconds: float) -> str:
+    """Like ``slow`` but ignores cancellation and returns anyway: a late completion."""
+    mark(marks, key, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        mark(marks, key, "stopped")
+    return "late"
+
+
+def once(marks: str, key: str, pause: float = 0.0) -> str:
+    """Mark one execution of ``key`` (the caller checks there is exactly one)."""
+    mark(marks, key, "ran")
+    if pause:
+        time.sleep(pause)
+    return key
+
+
+def where_sync(x: int) -> dict[str, Any]:
+    """Where a sync function ran: process and thread."""
+    return {"x": x, "pid": os.getpid(), "thread": threading.current_thread().name, "kind": "sync"}
+
+
+async def where_async(x: int) -> dict[str, Any]:
+    await asyncio.sleep(0)
+    return {"x": x, "pid": os.getpid(), "thread": threading.current_thread().name, "kind": "async"}
+
+
+def build_app(url: str | None = None, **kwargs: Any) -> Conveyor:
+    """A ``Conveyor`` on ``url`` (``CONVEYOR_URL`` when ``None``) with every test task."""
+    app = Conveyor(url, **kwargs)
+    plain = {"retry": FAST}
+    app.task(record, name="it.record", **plain)
+    app.task(flaky, name="it.flaky", **plain)
+    app.task(always_fails, name="it.always_fails", max_retries=2, **plain)
+    app.task(bad_input, name="it.bad_input", **plain)
+    app.task(retry_later, name="it.retry_later", **plain)
+    app.task(needs_fix, name="it.needs_fix", **plain)
+    app.task(sleepy_async, name="it.sleepy_async", timeout=TIMEOUT, max_retries=1, **plain)
+    app.task(sleepy_sync, name="it.sleepy_sync", timeout=TIMEOUT, max_retries=1, **plain)
+    app.task(slow, name="it.slow", **plain)
+    app.task(stubborn, name="it.stubborn", **plain)
+    app.task(once, name="it.once", **plain)
+    app.task(where_sync, name="it.where_sync", **plain)
+    app.task(where_async, name="it.where_async", **plain)
+    return app
+
+
+# Workers find their engine through ``CONVEYOR_URL``; an import without it (a process
+# pool child only looks tasks up by name) gets a private in-memory store.
+app = build_app(os.environ.get("CONVEYOR_URL") or "memory://tasks-app")
