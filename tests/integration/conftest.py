@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,8 @@ if str(ROOT) not in sys.path:  # workers and process-pool children import tests.
     sys.path.insert(0, str(ROOT))
 
 from conveyor import Conveyor  # noqa: E402
-from conveyor.config import Settings, WorkerConfig  # noqa: E402
-from tests.integration.support import WorkerProcess, spawn_worker, wait_registered  # noqa: E402
+from tests.integration.support import SpawnWorker, WorkerProcess, fast_settings, spawn_worker, wait_registered  # noqa: E402
 from tests.integration.tasks_app import build_app  # noqa: E402
-
-SpawnWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
@@ -59,19 +56,6 @@ def workers(client: Conveyor, db_url: str, tmp_path: Path) -> Iterator[SpawnWork
     yield start
     for worker in started:
         worker.kill_group()
-
-
-def fast_settings(url: str, **worker: Any) -> Settings:
-    """Settings with short leases and polls, for in-process workers."""
-    cfg = {
-        "lease_seconds": 2.0,
-        "heartbeat_interval": 0.1,
-        "reap_interval": 0.1,
-        "poll_max": 0.05,
-        "shutdown_grace": 5.0,
-        **worker,
-    }
-    return Settings(url=url, worker=WorkerConfig(**cfg))
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conveyor import Conveyor, Task
+from conveyor import Conveyor, Task, TaskHandle
+from conveyor.config import Settings, WorkerConfig
 
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_PATH = "tests.integration.tasks_app:app"
-RUNNER = Path(__file__).with_name("worker_main.py")
 
 # Timings every worker subprocess gets unless a test overrides them.
 FAST_WORKER_ENV = {
@@ -67,25 +67,38 @@ def transitions(task: Task) -> list[str]:
     return [h.transition for h in task.history]
 
 
-def all_finished(app: Conveyor, ids: Iterable[str]) -> bool:
-    return all(app.get(i).terminal for i in ids)
+def finished(app: Conveyor, *handles: TaskHandle, timeout: float = 20.0) -> list[Task]:
+    """Wait until every task is terminal; return them in the order given."""
+
+    def all_done() -> list[Task] | None:
+        tasks = [app.get(h.id) for h in handles]
+        return tasks if all(t.terminal for t in tasks) else None
+
+    return wait_until(all_done, timeout, what="tasks to finish")
+
+
+def fast_settings(url: str, **worker: Any) -> Settings:
+    """Settings with short leases and polls, for in-process workers."""
+    cfg = {
+        "lease_seconds": 2.0,
+        "heartbeat_interval": 0.1,
+        "reap_interval": 0.1,
+        "poll_max": 0.05,
+        "shutdown_grace": 5.0,
+        **worker,
+    }
+    return Settings(url=url, worker=WorkerConfig(**cfg))
 
 
 # --- worker subprocesses -------------------------------------------------------------------
 
 
 def worker_command(app_path: str, concurrency: int, pool: str, queues: Iterable[str]) -> list[str]:
-    """``conveyor worker`` when the CLI is installed, else the stand-in ``worker_main.py``."""
+    """The real ``conveyor worker`` command line."""
     args = ["--app", app_path, "--concurrency", str(concurrency), "--pool", pool]
     if queues:
         args += ["--queues", ",".join(queues)]
-    if cli_available():
-        return [sys.executable, "-m", "conveyor.cli.main", "worker", *args]
-    return [sys.executable, str(RUNNER), *args]
-
-
-def cli_available() -> bool:
-    return (ROOT / "src" / "conveyor" / "cli" / "main.py").exists()
+    return [sys.executable, "-m", "conveyor.cli.main", "worker", *args]
 
 
 @dataclass
@@ -116,6 +129,9 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+SpawnWorker = Callable[..., WorkerProcess]  # the `workers` fixture
 
 
 def spawn_worker(
@@ -161,7 +177,3 @@ def wait_registered(app: Conveyor, worker: WorkerProcess, timeout: float = 20.0)
         return any(w.pid == worker.pid and w.state != "offline" for w in app.workers())
 
     wait_until(registered, timeout, what=f"worker {worker.pid} to register")
-
-
-def task_ids(handles: Iterable[Any]) -> list[str]:
-    return [h.id for h in handles]

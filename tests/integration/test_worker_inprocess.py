@@ -25,8 +25,7 @@ from conveyor.models import TaskSpec
 from conveyor.task import SubmitOptions, TaskHandle
 from conveyor.worker import Worker, WorkerOptions
 from conveyor.worker.pools import _Threads
-from tests.integration.conftest import fast_settings
-from tests.integration.support import APP_PATH, transitions, wait_for
+from tests.integration.support import APP_PATH, fast_settings, transitions, wait_for
 from tests.integration.tasks_app import TIMEOUT, attempt_times, build_app, marks_of, read_log
 
 
@@ -308,18 +307,19 @@ async def test_heartbeats_keep_a_long_task_leased_past_its_first_lease(memory_ur
     assert len(marks_of(marks, "start")) == 1
 
 
-async def test_worker_claims_no_more_than_it_has_room_for(mem_app: Conveyor, marks: Path) -> None:
-    handles = [await submit(mem_app, "it.slow", marks=str(marks), key=f"t{i}", seconds=0.2) for i in range(6)]
-    most = 0
-
-    async def all_done_watching_claims() -> bool:
-        nonlocal most
-        tasks = [await mem_app.get_async(h.id) for h in handles]
-        most = max(most, sum(t.state == State.RUNNING for t in tasks))
-        return all(t.terminal for t in tasks)
-
+async def test_worker_holds_no_more_attempts_than_its_concurrency(mem_app: Conveyor, marks: Path) -> None:
+    handles = [await submit(mem_app, "it.slow", marks=str(marks), key=f"t{i}", seconds=0.1) for i in range(8)]
     async with running(mem_app, concurrency=2):
-        await wait_for(all_done_watching_claims, what="the tasks to finish")
+        tasks = await finished(mem_app, *handles)
+
+    # each attempt spans its claim to its finish (the worker's clock): at most two overlap
+    spans = [(t.history[1].at, t.history[-1].at) for t in tasks]
+    assert all(transitions(t)[1:] == ["claim", "complete"] for t in tasks)
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    overlap = most = 0
+    for _, step in events:
+        overlap += step
+        most = max(most, overlap)
     assert most == 2
 
 

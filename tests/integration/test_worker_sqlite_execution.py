@@ -10,22 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor, FailureReason, State, Task
+from conveyor import Conveyor, FailureReason, State
 from conveyor.backends.base import TaskFilter
-from conveyor.task import SubmitOptions, TaskHandle
-from tests.integration.conftest import SpawnWorker
-from tests.integration.support import transitions, wait_until
+from conveyor.task import SubmitOptions
+from tests.integration.support import SpawnWorker, finished, transitions
 from tests.integration.tasks_app import TIMEOUT, attempt_times, read_log
-
-
-def finished(app: Conveyor, *handles: TaskHandle, timeout: float = 20.0) -> list[Task]:
-    """Wait until every task is terminal; return them in the order given."""
-
-    def all_done() -> list[Task] | None:
-        tasks = [app.get(h.id) for h in handles]
-        return tasks if all(t.terminal for t in tasks) else None
-
-    return wait_until(all_done, timeout, what="tasks to finish")
 
 
 def test_worker_runs_tasks_by_priority_band_then_in_submit_order(

@@ -10,26 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor, FailureReason, State, Task
+from conveyor import Conveyor, FailureReason, State
 from conveyor.backends.base import ClaimParams, HeartbeatParams, Lease, Outcome, ReapParams, ReleaseParams
 from conveyor.models import WorkerState
-from conveyor.task import SubmitOptions, TaskHandle
-from tests.integration.conftest import SpawnWorker
-from tests.integration.support import transitions, wait_until
+from conveyor.task import SubmitOptions
+from tests.integration.support import SpawnWorker, finished, transitions, wait_until
 from tests.integration.tasks_app import attempt_times, build_app, marks_of, read_log
-
-
-def finished(app: Conveyor, *handles: TaskHandle, timeout: float = 20.0) -> list[Task]:
-    def all_done() -> list[Task] | None:
-        tasks = [app.get(h.id) for h in handles]
-        return tasks if all(t.terminal for t in tasks) else None
-
-    return wait_until(all_done, timeout, what="tasks to finish")
 
 
 def test_killed_worker_tasks_are_recovered_and_succeed(client: Conveyor, workers: SpawnWorker, marks: Path) -> None:
     short_lease = {"CONVEYOR_WORKER__LEASE_SECONDS": "1"}
-    handles = [client.submit("it.slow", {"marks": str(marks), "key": f"t{i}", "seconds": 1.0}) for i in range(6)]
+    handles = [client.submit("it.slow", {"marks": str(marks), "key": f"t{i}", "seconds": 1.5}) for i in range(6)]
     doomed = workers(concurrency=4, env=short_lease)
     wait_until(lambda: len(marks_of(marks, "start")) == 4, what="four tasks to start")
     doomed.signal(signal.SIGKILL)

@@ -12,8 +12,7 @@ from conveyor.backends.base import TaskFilter
 from conveyor.config import QueueConfig, Settings
 from conveyor.models import TaskSpec
 from conveyor.task import SubmitOptions
-from tests.integration.conftest import SpawnWorker
-from tests.integration.support import transitions, wait_until
+from tests.integration.support import SpawnWorker, transitions, wait_until
 from tests.integration.tasks_app import build_app, read_log
 
 

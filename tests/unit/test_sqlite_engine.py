@@ -5,11 +5,12 @@ engine shares is in ``tests/contract``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,16 @@ async def backend(url: str) -> AsyncIterator[SqliteBackend]:
     await b.open()
     yield b
     await b.close()
+
+
+@contextlib.contextmanager
+def _raw(url: str) -> Iterator[sqlite3.Connection]:
+    """A plain connection of our own to the backend's file."""
+    db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 async def _on_connection(backend: SqliteBackend, sql: str) -> Any:
@@ -118,8 +129,9 @@ async def test_migrations_are_recorded_and_applied_once(url: str, backend: Sqlit
         assert await again.migrate() == []
     finally:
         await again.close()
-    recorded = sqlite3.connect(url.removeprefix("sqlite:///")).execute("SELECT name FROM conveyor_migrations")
-    assert [row[0] for row in recorded] == names
+    with _raw(url) as db:
+        recorded = [row[0] for row in db.execute("SELECT name FROM conveyor_migrations")]
+    assert recorded == names
 
 
 async def test_without_auto_migrate_the_schema_waits_for_migrate(url: str) -> None:
@@ -146,17 +158,15 @@ async def test_a_closed_backend_refuses_work(url: str) -> None:
 async def test_a_database_locked_too_long_is_unavailable_and_nothing_is_written(url: str) -> None:
     b = SqliteBackend(url + "?busy_timeout=100")
     await b.open()
-    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
     try:
-        holder.execute("BEGIN IMMEDIATE")
-        started = time.monotonic()
-        with pytest.raises(BackendUnavailable, match="locked"):
-            await b.task_enqueue_many(EnqueueParams([_task()]))
-        assert time.monotonic() - started < 2.0
-        holder.execute("ROLLBACK")
+        with _raw(url) as holder:
+            holder.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="locked"):
+                await b.task_enqueue_many(EnqueueParams([_task()]))
+            assert time.monotonic() - started < 2.0
         assert (await b.task_list(ListParams())).items == []
     finally:
-        holder.close()
         await b.close()
 
 
@@ -179,8 +189,8 @@ def test_named_queries_split_on_headers_and_include_earlier_fragments() -> None:
 
 
 async def test_partial_indexes_spell_the_states_the_queries_use(url: str, backend: SqliteBackend) -> None:
-    db = sqlite3.connect(url.removeprefix("sqlite:///"))
-    sql = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    with _raw(url) as db:
+        sql = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert sql["tasks_ready"].endswith(render("WHERE state {from:claim}"))
     assert sql["tasks_due"].endswith(render("WHERE state {from:due}"))
     assert sql["tasks_leases"].endswith(render("WHERE state = {to:claim}"))
@@ -194,9 +204,9 @@ def _plan(db: sqlite3.Connection, query: str, **params: Any) -> list[tuple[int, 
 async def test_claim_walks_the_ready_index_and_sorts_only_the_rows_it_takes(
     url: str, backend: SqliteBackend, query: str
 ) -> None:
-    db = sqlite3.connect(url.removeprefix("sqlite:///"))
     params = {"now": 0.0, "at": "0.0", "limit": 10, "worker_id": "w", "expires": 30.0, "tags": "[]"}
-    plan = _plan(db, Q[query], queues='["a","b"]', **params)
+    with _raw(url) as db:
+        plan = _plan(db, Q[query], queues='["a","b"]', **params)
     scans = [(node, parent) for node, parent, text in plan if "USING INDEX tasks_ready (queue=?)" in text]
     assert len(scans) == 1, plan
     scan_parent = scans[0][1]
@@ -256,9 +266,8 @@ async def test_a_commit_elsewhere_after_the_last_claim_makes_the_next_wait_retur
     monkeypatch.setattr(sqlite_module, "POLL_MIN", 30.0)
     monkeypatch.setattr(sqlite_module, "POLL_MAX", 30.0)
     assert (await backend.task_claim(ClaimParams("w1", 5, 30))).tasks == []
-    other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    other.execute("CREATE TABLE scratch (x)")  # any commit by another connection
-    other.close()
+    with _raw(url) as other:
+        other.execute("CREATE TABLE scratch (x)")  # any commit by another connection
     started = time.monotonic()
     await backend.task_wait(WaitParams(timeout=20))
     assert time.monotonic() - started < 1.0

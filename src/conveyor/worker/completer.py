@@ -64,8 +64,11 @@ class Completer:
         while True:
             try:
                 applied = await self._backend.task_finish_many(chunk)
-            except ConveyorError as exc:
-                log.warning("writing %d outcomes failed (%s); retrying in %.2f s", len(chunk), exc, delay)
+            except Exception as exc:  # outcomes are never dropped: keep them until written
+                if isinstance(exc, ConveyorError):
+                    log.warning("writing %d outcomes failed (%s); retrying in %.2f s", len(chunk), exc, delay)
+                else:
+                    log.exception("writing %d outcomes crashed; retrying in %.2f s", len(chunk), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

@@ -283,6 +283,8 @@ class Worker:
                 await self._heartbeat()
             except ConveyorError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a bug must not silently stop lease renewal
+                log.exception("heartbeat crashed; retrying at the next interval")
 
     async def _reaper_loop(self) -> None:
         assert self._backend is not None
@@ -293,6 +295,8 @@ class Worker:
                     log.info("recovered %d tasks whose lease lapsed", len(reaped))
             except ConveyorError as exc:
                 log.warning("reaper failed: %s", exc)
+            except Exception:
+                log.exception("reaper crashed; retrying at the next interval")
             await asyncio.sleep(self.cfg.reap_interval)
 
     # --- shutdown ----------------------------------------------------------------------
