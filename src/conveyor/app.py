@@ -325,6 +325,8 @@ _strict_json = json.JSONEncoder(allow_nan=False).encode
 
 
 def _check_json(args: dict[str, Any]) -> None:
+    if not args:
+        return
     try:
         _strict_json(args)
     except (TypeError, ValueError) as exc:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
 _lock = threading.Lock()
+# A fast PRNG seeded from the OS (os.urandom per id costs a syscall); reseeded in
+# forked children so two processes never share a stream.
+_rng = random.Random()
+_rand = _rng.getrandbits
+os.register_at_fork(after_in_child=_rng.seed)
+
 _last_ms = 0
 _seq = 0
 
@@ -23,10 +30,10 @@ def new_id() -> str:
                 ms += 1
                 _seq = 0
         else:
-            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+            _seq = _rand(10)  # random start, with room to count up
         _last_ms = ms
         seq = _seq
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = _rand(62)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

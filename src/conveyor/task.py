@@ -74,16 +74,31 @@ class TaskDef(Generic[P, R]):
     labels: tuple[str, ...] = ()
     is_async: bool = field(init=False)
     _signature: inspect.Signature = field(init=False, repr=False)
+    _names: frozenset[str] = field(init=False, repr=False)
+    _required: frozenset[str] = field(init=False, repr=False)
+    _any_kw: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
-        self._signature = inspect.signature(self.fn)
+        self._signature = sig = inspect.signature(self.fn)
+        kw = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = sig.parameters.values()
+        self._names = frozenset(p.name for p in params if p.kind in kw)
+        # positional-only parameters can never be given as keywords: requiring them
+        # sends such calls to Signature.bind, which explains the problem
+        self._required = frozenset(
+            p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+        self._any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R | Awaitable[R]:
         return self.fn(*args, **kwargs)
 
     def check_args(self, args: dict[str, Any]) -> None:
         """Refuse arguments the function cannot accept, before anything is stored."""
+        keys = args.keys()
+        if self._required <= keys and (self._any_kw or keys <= self._names):
+            return  # the common case, without the cost of Signature.bind
         try:
             self._signature.bind(**args)
         except TypeError as exc:
