@@ -15,8 +15,9 @@ it imports only Huey and the standard library. Same machine, same workload as
   it is measured with Huey's defaults (``-d 0.1 -b 1.15 -m 10``) and with tight
   polling (``-d 0.001 -b 1.15 -m 0.01``).
 
-``compare CONVEYOR.json HUEY.json`` prints Conveyor/Huey ratios from the JSON of
-``bench/run.py --json`` and of this script.
+``--conveyor-json A.json ... --huey-json B.json ...`` prints Conveyor/Huey ratios
+from reports of ``bench/run.py --json`` and of this script (``run_huey.sh``
+interleaves single runs of both, so a load spike on a shared machine hits both).
 """
 
 from __future__ import annotations
@@ -184,20 +185,29 @@ COMPARED = {
 }
 
 
-def compare(conveyor_json: str, huey_json: str) -> None:
-    """Print each shared figure and the ratio Conveyor/Huey (for latency, Huey/Conveyor)."""
-    with open(conveyor_json) as f:
-        ours = json.load(f)["figures"]
-    with open(huey_json) as f:
-        theirs = json.load(f)["figures"]
-    print(f"{'figure':<16}{'conveyor':>14}{'huey':>14}{'conveyor/huey':>16}")
+def _runs(paths: list[str]) -> dict[str, list[float]]:
+    """Every run of every figure across JSON reports (each may hold one run or several)."""
+    runs: dict[str, list[float]] = {}
+    for path in paths:
+        with open(path) as f:
+            for key, fig in json.load(f)["figures"].items():
+                runs.setdefault(key, []).extend(fig["runs"])
+    return runs
+
+
+def compare(conveyor_jsons: list[str], huey_jsons: list[str]) -> None:
+    """Print each shared figure's median and the ratio Conveyor/Huey (latency: Huey/Conveyor,
+    so above 1 always means Conveyor is better). Reports may be interleaved single runs."""
+    ours, theirs = _runs(conveyor_jsons), _runs(huey_jsons)
+    print(f"{'figure':<14}{'conveyor':>12}{'huey':>12}{'ratio':>8}  runs (conveyor | huey)")
     for key, (peer_key, higher) in COMPARED.items():
         if key not in ours or peer_key not in theirs:
             continue
-        a, b = ours[key]["median"], theirs[peer_key]["median"]
+        a, b = statistics.median(ours[key]), statistics.median(theirs[peer_key])
         ratio = a / b if higher else b / a
-        note = "" if higher else "  (huey/conveyor: times faster)"
-        print(f"{key:<16}{a:>14,.1f}{b:>14,.1f}{ratio:>15.2f}x{note}")
+        detail = " ".join(f"{r:,.1f}" for r in ours[key]) + " | " + " ".join(f"{r:,.1f}" for r in theirs[peer_key])
+        print(f"{key:<14}{a:>12,.1f}{b:>12,.1f}{ratio:>7.2f}x  {detail}")
+    print("ratio: conveyor/huey for rates, huey/conveyor for latencies (tight Huey polling); > 1: Conveyor better")
 
 
 def main() -> None:
@@ -209,14 +219,15 @@ def main() -> None:
     parser.add_argument("--latency-n", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=50.0)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    parser.add_argument("--compare", nargs=2, metavar=("CONVEYOR_JSON", "HUEY_JSON"))
+    parser.add_argument("--conveyor-json", nargs="+", help="compare: Conveyor's bench/run.py --json reports")
+    parser.add_argument("--huey-json", nargs="+", help="compare: this script's reports")
     args = parser.parse_args()
-    if args.compare:
-        compare(*args.compare)
+    if args.conveyor_json or args.huey_json:
+        compare(args.conveyor_json or [], args.huey_json or [])
         return
     if args.quick:
         args.n, args.submit_n, args.latency_n, args.latency_rate = 1_000, 200, 30, 100.0
-    del args.compare, args.quick
+    del args.conveyor_json, args.huey_json, args.quick
     print(json.dumps(run(args), indent=2))
 
 

@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 MEASUREMENTS = ("enqueue", "throughput", "latency", "claim", "memory")
 LOOPS = ("asyncio", "uvloop", "auto")
-NOOP = "bench.noop"  # conveyor.bench_tasks.NOOP, kept here so importing this module builds no app
+NOOP = "bench.noop"  # the no-op task of conveyor.bench_tasks (imported lazily: it builds an app)
 BACKLOG_PRIORITY = 2  # the backlog sits below the drained tasks (default priority 5)
 
 
@@ -205,12 +205,14 @@ class Scratch:
     def __init__(self, url: str | None) -> None:
         self.url = url
         self.dir: Path | None = None
+        self.query = ""  # SQLite URL options (``?busy_timeout=...``), kept for every file
         if url is None:
             self.dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
         elif _scheme(url) == "sqlite":
-            given = Path(url.split("://", 1)[1].removeprefix("/").split("?", 1)[0])
-            parent = given.parent if str(given.parent) else Path()
-            self.dir = Path(tempfile.mkdtemp(prefix=f"{given.stem}-bench-", dir=parent))
+            path, _, query = url.split("://", 1)[1].removeprefix("/").partition("?")
+            given = Path(path)
+            self.dir = Path(tempfile.mkdtemp(prefix=f"{given.stem}-bench-", dir=given.parent))
+            self.query = f"?{query}" if query else ""
 
     @property
     def engine(self) -> str:
@@ -218,7 +220,7 @@ class Scratch:
 
     def place(self, name: str) -> Place:
         if self.dir is not None:
-            return Place(f"sqlite:///{(self.dir / f'{name}.db').resolve()}")
+            return Place(f"sqlite:///{(self.dir / f'{name}.db').resolve()}{self.query}")
         assert self.url is not None
         queue = f"bench-{name}-{uuid.uuid4().hex[:8]}"
         return Place(self.url, queue, (queue,))
@@ -309,14 +311,15 @@ async def start_workers(place: Place, count: int, cfg: BenchConfig) -> AsyncIter
                 raise BenchError(f"worker process {proc.pid} did not start (said {line!r})")
         yield Workers(procs)
     finally:
-        await asyncio.shield(_stop(procs))
+        for proc in procs:  # signalled at once, even if this task is being cancelled
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        await asyncio.shield(_reap(procs))
 
 
-async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
-    for proc in procs:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+async def _reap(procs: list[asyncio.subprocess.Process]) -> None:
+    """Wait for signalled workers to finish their graceful shutdown; kill stragglers."""
     for proc in procs:
         try:
             await asyncio.wait_for(proc.wait(), 30)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 
 from conveyor.app import Conveyor
-
-NOOP = "bench.noop"
+from conveyor.bench import NOOP
 
 
 async def noop() -> None:
