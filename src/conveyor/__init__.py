@@ -14,6 +14,7 @@ handle.result(timeout=10)
 __version__ = "0.1.0"
 
 from conveyor.app import Conveyor
+from conveyor.context import TaskContext, current
 from conveyor.errors import (
     ConveyorError,
     InvalidInput,
@@ -27,11 +28,15 @@ from conveyor.models import Task, TaskError, TaskSpec, WorkerInfo
 from conveyor.retry import RetryPolicy
 from conveyor.states import FailureReason, State
 from conveyor.task import TaskCancelled, TaskFailed, TaskHandle
+from conveyor.workflows import Workflow, WorkflowNode, WorkflowSpec, WorkflowState
 
 __all__ = [
     # the application
     "Conveyor",
     "TaskHandle",
+    # inside task code
+    "TaskContext",
+    "current",
     # task code steers retries
     "Permanent",
     "Retry",
@@ -43,6 +48,10 @@ __all__ = [
     "TaskError",
     "TaskSpec",
     "WorkerInfo",
+    "Workflow",
+    "WorkflowNode",
+    "WorkflowSpec",
+    "WorkflowState",
     # errors callers catch
     "ConveyorError",
     "InvalidInput",

@@ -9,11 +9,13 @@ connections to a loop); instances on the same URL share the same stored state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
@@ -22,13 +24,18 @@ from conveyor import states
 from conveyor.backends import make_backend
 from conveyor.backends.base import Backend, CancelParams, EnqueueParams, ListParams, TaskFilter
 from conveyor.config import Settings, load_settings
-from conveyor.errors import InvalidInput, UnknownTask
+from conveyor.errors import FeatureUnavailable, InvalidInput, InvalidStateTransition, TaskNotFound, UnknownTask
+from conveyor.features.explain import Explanation, explain_task
+from conveyor.features.flow import FlowControl, QueueUpdate
+from conveyor.features.limits import check_task_options, configured_updates
 from conveyor.ids import new_id
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, TaskSpec, WorkerInfo
 from conveyor.priority import parse_priority, resolve_priority
 from conveyor.retry import RetryPolicy
+from conveyor.schedules import CatchUp, Schedule, make_schedule
 from conveyor.states import State
 from conveyor.task import SubmitOptions, TaskDef, TaskHandle, task_name_for
+from conveyor.workflows import Workflow, WorkflowBuilder, WorkflowSpec, plan, to_workflow
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,6 +50,9 @@ class Conveyor:
             self.settings = self.settings.model_copy(update={"url": url})
         self.url = self.settings.url
         self.tasks: dict[str, TaskDef[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {
+            name: make_schedule(name, **cfg.model_dump()) for name, cfg in self.settings.schedules.items()
+        }
         self._backends: dict[asyncio.AbstractEventLoop, Backend] = {}
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = {}
         self._portal: asyncio.AbstractEventLoop | None = None
@@ -60,7 +70,8 @@ class Conveyor:
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task. Options: ``name``, ``queue``, ``priority``,
         ``max_retries``, ``timeout``, ``retry`` (a ``RetryPolicy``), ``retry_on``,
-        ``permanent_on``, ``rate_limit``, ``requires``, ``labels``."""
+        ``permanent_on``, ``rate_limit``, ``concurrency_limit``, ``breaker_threshold``,
+        ``breaker_cooldown``, ``requires``, ``labels`` (flow options: docs/flow-control.md)."""
 
         def register(f: Callable[..., Any]) -> TaskDef[Any, Any]:
             known = set(TaskDef.__dataclass_fields__) - {"app", "fn", "is_async", "_signature"}
@@ -76,11 +87,62 @@ class Conveyor:
             name = opts.pop("name", None) or task_name_for(f)
             if name in self.tasks:
                 raise InvalidInput(f"task name {name!r} is already registered")
+            check_task_options(name, opts)
             td: TaskDef[Any, Any] = TaskDef(self, f, name, **opts)
             self.tasks[name] = td
             return td
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        task_name: str | None = None,
+        args: dict[str, Any] | None = None,
+        catch_up: CatchUp = "latest",
+        max_catch_up: int = 10,
+        **options: Any,
+    ) -> Callable[[Any], TaskDef[Any, Any]]:
+        """Register a task that fires on a schedule: ``@app.periodic("*/5 * * * *")`` (UTC)
+        or ``@app.periodic(every=30)`` (seconds). ``name`` names the schedule (default:
+        the task's name, which ``task_name`` sets); ``args`` are the task's arguments;
+        ``queue`` and ``priority`` apply to both; other options go to ``@app.task``.
+        Decorating a registered task only adds the schedule. A bad cron expression is
+        ``InvalidInput`` here, before anything is registered. See ``docs/cron.md``."""
+        make_schedule(name or "probe", task="probe", cron=cron, every=every, catch_up=catch_up)  # check timing first
+
+        def register(f: Any) -> TaskDef[Any, Any]:
+            opts = options if task_name is None else {**options, "name": task_name}
+            td = f if isinstance(f, TaskDef) else self.task(**opts)(f)
+            fields = {k: options[k] for k in ("queue", "priority") if k in options}
+            schedule = make_schedule(
+                name or td.name,
+                task=td.name,
+                cron=cron,
+                every=every,
+                args=dict(args or {}),
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+                **fields,
+            )
+            self.add_schedule(schedule)
+            return td
+
+        return register
+
+    def add_schedule(self, schedule: Schedule) -> Schedule:
+        """Declare a schedule (``conveyor.schedules.make_schedule`` builds one)."""
+        if schedule.name in self.schedules:
+            raise InvalidInput(f"schedule name {schedule.name!r} is already declared", schedule=schedule.name)
+        td = self.tasks.get(schedule.task)
+        if td is not None:
+            td.check_args(schedule.args)
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def get_task(self, name: str) -> TaskDef[Any, Any]:
         try:
@@ -224,6 +286,73 @@ class Conveyor:
     def submit(self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None) -> TaskHandle:
         return self.run_sync(self.submit_async(name, args, opts))
 
+    # --- workflows ------------------------------------------------------------------------
+
+    def workflow(self) -> WorkflowBuilder:
+        """A builder for a DAG of tasks: ``wf.node(key, task, args, depends_on=[...])``, then
+        ``wf.submit()``. See ``docs/workflows.md``."""
+        return WorkflowBuilder(self)
+
+    async def submit_workflow_async(self, spec: WorkflowSpec) -> Workflow:
+        """Store every node of ``spec`` in one atomic engine call; ``InvalidInput`` (nothing
+        stored) on a duplicate key, an unknown key, a cycle or a bad node."""
+        now = time.time()
+        workflow_id = new_id()
+        tasks, _ = plan(workflow_id, spec, lambda s: self.build(s, now))
+        backend = await self.backend()
+        done = await backend.task_enqueue_many(EnqueueParams(tasks, self.settings.max_lengths()))
+        if all(e.created for e in done):
+            return await self.get_workflow_async(workflow_id)
+        # a node's idempotency key named an existing task: that task stands for the node
+        ids = {t.workflow_key or t.id: e.id for t, e in zip(tasks, done, strict=True)}
+        page = await backend.task_list(ListParams(TaskFilter(ids=list(ids.values())), limit=len(ids)))
+        found = {t.id: t for t in page.items}
+        return to_workflow(workflow_id, [found[i] for i in ids.values()], keys=list(ids))
+
+    def submit_workflow(self, spec: WorkflowSpec) -> Workflow:
+        return self.run_sync(self.submit_workflow_async(spec))
+
+    async def get_workflow_async(self, workflow_id: str) -> Workflow:
+        """The workflow's nodes and derived state; ``TaskNotFound`` if unknown."""
+        tasks = await (await self.backend()).workflow_get(workflow_id)
+        if not tasks:
+            raise TaskNotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
+        return to_workflow(workflow_id, tasks)
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        return self.run_sync(self.get_workflow_async(workflow_id))
+
+    async def cancel_workflow_async(self, workflow_id: str) -> Workflow:
+        """Cancel every unfinished node, children first (so they read ``cancelled``, not
+        ``dependency_failed``). Nodes are built parents first and ids are time-ordered,
+        so the newest id is a leaf."""
+        backend = await self.backend()
+        for task in reversed((await self.get_workflow_async(workflow_id)).nodes.values()):
+            if not task.terminal:
+                with contextlib.suppress(InvalidStateTransition):  # it finished meanwhile
+                    await backend.task_cancel(CancelParams(task.id, reason=f"workflow {workflow_id} cancelled"))
+        return await self.get_workflow_async(workflow_id)
+
+    def cancel_workflow(self, workflow_id: str) -> Workflow:
+        return self.run_sync(self.cancel_workflow_async(workflow_id))
+
+    async def parent_results_async(self, task_id: str) -> dict[str, Any]:
+        """Results of the tasks ``task_id`` depends on: keyed by node key for parents in
+        the same workflow, by task id otherwise."""
+        backend = await self.backend()
+        task = await backend.task_get(task_id)
+        if not task.depends_on:
+            return {}
+        page = await backend.task_list(ListParams(TaskFilter(ids=task.depends_on), limit=len(task.depends_on)))
+        same = task.workflow_id is not None
+        return {
+            (p.workflow_key if same and p.workflow_id == task.workflow_id and p.workflow_key else p.id): p.result
+            for p in page.items
+        }
+
+    def parent_results(self, task_id: str) -> dict[str, Any]:
+        return self.run_sync(self.parent_results_async(task_id))
+
     # --- reading and steering ------------------------------------------------------------
 
     async def get_async(self, task_id: str) -> Task:
@@ -254,6 +383,57 @@ class Conveyor:
 
     def list_tasks(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page:
         return self.run_sync(self.list_tasks_async(flt, limit, cursor))
+
+    # --- flow control (docs/flow-control.md) ------------------------------------------------
+
+    async def flow_update_async(self, update: QueueUpdate) -> FlowControl:
+        """Pause, resume or limit a queue or task name, cluster-wide, at run time."""
+        return await (await self.backend()).queue_update(update)
+
+    def flow_update(self, update: QueueUpdate) -> FlowControl:
+        return self.run_sync(self.flow_update_async(update))
+
+    async def queue_update_async(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
+        max_length: int | None = None,
+    ) -> QueueInfo:
+        """``PATCH /queues/{name}``: change one queue's flow settings; returns its info.
+        ``max_length`` is a submitter setting (``queues.NAME.max_length`` in config)."""
+        if max_length is not None:
+            raise FeatureUnavailable(
+                "max_length is set in config (queues.NAME.max_length), not at run time", feature="max_length"
+            )
+        await self.flow_update_async(QueueUpdate(name, paused=paused, rate_limit=rate_limit, concurrency=concurrency))
+        infos = {q.name: q for q in await self.queues_async()}
+        return infos.get(name) or QueueInfo(name=name, paused=bool(paused))
+
+    async def flow_controls_async(self) -> list[FlowControl]:
+        """Every queue and task name with flow settings or an open breaker."""
+        return await (await self.backend()).flow_list()
+
+    def flow_controls(self) -> list[FlowControl]:
+        return self.run_sync(self.flow_controls_async())
+
+    async def sync_limits_async(self) -> list[FlowControl]:
+        """Write the limits that code and config declare into the engine (workers do
+        this when they start)."""
+        backend = await self.backend()
+        return [await backend.queue_update(u) for u in configured_updates(self.settings, self.tasks)]
+
+    def sync_limits(self) -> list[FlowControl]:
+        return self.run_sync(self.sync_limits_async())
+
+    async def explain_async(self, task_id: str) -> Explanation:
+        """Why the task is not running (yet): a reason code, one sentence, the facts."""
+        return await explain_task(await self.backend(), task_id)
+
+    def explain(self, task_id: str) -> Explanation:
+        return self.run_sync(self.explain_async(task_id))
 
     async def stats_async(self) -> Stats:
         return await (await self.backend()).stats()

@@ -13,20 +13,59 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, InvalidInput
+from conveyor.features.flow import parse_rate
 from conveyor.priority import PriorityRule
 from conveyor.retry import RetryPolicy
+from conveyor.schedules import ScheduleConfig
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 
 
+def _check_rate(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_rate(value)
+        except InvalidInput as exc:  # a ValueError to pydantic, reported with the rest
+            raise ValueError(exc.message) from exc
+    return value
+
+
 class QueueConfig(BaseModel):
+    """One queue's bound and flow limits (cluster-wide; see docs/flow-control.md)."""
+
     model_config = ConfigDict(extra="forbid")
 
     max_length: int | None = Field(default=None, ge=1)
+    rate_limit: str | None = None  # "100/s", "5/m", "1000/h"
+    concurrency: int | None = Field(default=None, ge=1)  # running tasks at most
+
+    _rate = field_validator("rate_limit")(_check_rate)
+
+
+class TaskConfig(BaseModel):
+    """Flow limits of one task name; they override the ``@app.task`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit: str | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+    breaker_threshold: int | None = Field(default=None, ge=1)
+    breaker_cooldown: float | None = Field(default=None, gt=0, le=7 * 86400)
+
+    _rate = field_validator("rate_limit")(_check_rate)
+
+
+class BreakerConfig(BaseModel):
+    """The default circuit breaker of every registered task (``threshold`` None: off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: int | None = Field(default=None, ge=1)  # consecutive failures that open it
+    cooldown: float = Field(default=30.0, gt=0, le=7 * 86400)  # seconds before the probe
 
 
 class WorkerConfig(BaseModel):
@@ -46,6 +85,31 @@ class WorkerConfig(BaseModel):
     poll_max: float = Field(default=0.5, gt=0)
     finish_batch: int = Field(default=256, ge=1)  # outcomes written per transaction
     finish_delay: float = Field(default=0.002, ge=0)  # max wait to fill a batch
+    scheduler: bool = True  # fire periodic schedules from this worker (conveyor.schedules)
+
+
+class ApiToken(BaseModel):
+    """One API bearer token, stored as the SHA-256 hex digest of the secret (never the secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["read", "submit", "admin"] = "read"
+
+
+class ApiConfig(BaseModel):
+    """``conveyor api`` settings: tokens, per-token rate limit, body size, backpressure hint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[ApiToken] = Field(default_factory=list)
+    rate_limit: float = Field(default=1000.0, ge=0)  # requests/s per token (0: off), per API process
+    rate_burst: int = Field(default=2000, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    queue_full_retry_after: int = Field(default=1, ge=1)  # seconds, the 503 QueueFull hint
+    access_log: bool = True
 
 
 class Settings(BaseSettings):
@@ -59,6 +123,11 @@ class Settings(BaseSettings):
     default_priority: int = Field(default=5, ge=0, le=10)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)  # name -> cron or every
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)  # task name -> flow limits
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    aging_interval: float | None = Field(default=None, ge=0)  # seconds per +1 priority; None/0: off
     auto_migrate: bool = True
 
     @classmethod

@@ -2,7 +2,8 @@
 
 It starts real ``conveyor worker`` processes, submits a mixed workload (every
 priority level, delayed tasks, flaky tasks that recover, tasks that end in the
-dead-letter queue, a timeout, a few cancellations), shows progress per priority
+dead-letter queue, a timeout, a few cancellations) and a small workflow (fan-out,
+fan-in reading its parents' results), shows progress per priority
 band while the workers drain it, then prints a summary and stops the workers
 with SIGTERM, checking that each exits 0. It only uses the public client API.
 """
@@ -29,10 +30,11 @@ from rich.text import Text
 from conveyor.app import Conveyor
 from conveyor.backends.base import TaskFilter
 from conveyor.demo_report import Summary, print_summary, summarize
-from conveyor.demo_tasks import make_app
+from conveyor.demo_tasks import REGION_SALES, make_app
 from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.models import Task, TaskSpec
 from conveyor.priority import NAMED, Band, band_of
+from conveyor.workflows import Workflow
 
 DEMO_LABEL = "demo"
 WAIT_LIMIT = 50.0  # seconds for the workload to finish before the demo gives up
@@ -70,11 +72,14 @@ def _run(opts: DemoOptions, tmp: Path, console: Console) -> int:
             workers.wait_registered(app)
             console.print(f"[bold]conveyor demo[/] on {url}: {opts.workers} workers x {opts.concurrency} slots")
             ids = submit_workload(app, console)
+            workflow_id, nodes = submit_workflow(app, console)
+            ids += nodes
             finished = watch(app, ids, workers, console)
             console.print()
         finally:
             codes = workers.stop()
         summary = summarize(load(app, ids), started, codes)
+        summary.workflow = workflow_view(app.get_workflow(workflow_id))
     finally:
         app.close()
     print_summary(summary, console, as_json=opts.as_json)
@@ -160,7 +165,8 @@ class WorkerProcesses:
 
 
 def workload(rng: random.Random) -> list[TaskSpec]:
-    """About 250 tasks: all four priority levels, delays, recoveries, dead letters, a timeout."""
+    """About 280 tasks: all four priority levels, delays, recoveries, dead letters, a
+    timeout, and 30 tasks on a queue rate-limited to 20 starts per second."""
     run = f"{os.getpid()}-{int(time.time())}"
     specs = [_spec("demo.work", {"ms": rng.randint(200, 1200)}, level) for level in NAMED for _ in range(50)]
     specs += [
@@ -173,6 +179,7 @@ def workload(rng: random.Random) -> list[TaskSpec]:
     specs += [_spec("demo.always_fails", {"order": 1000 + i}, "low") for i in range(6)]
     specs += [_spec("demo.reject", {"record": 40 + i}, "normal") for i in range(4)]
     specs += [_spec("demo.slow", {"seconds": 5}, "high") for _ in range(3)]
+    specs += [_spec("demo.limited", {"ms": 10}, "normal") for _ in range(30)]  # 20/s, cluster-wide
     rng.shuffle(specs)
     return specs
 
@@ -190,6 +197,30 @@ def submit_workload(app: Conveyor, console: Console) -> list[str]:
         app.cancel(handle.id)
     console.print(f"submitted {len(ids) + len(later)} tasks ({len(later)} of them cancelled at once)")
     return ids + [h.id for h in later]
+
+
+def submit_workflow(app: Conveyor, console: Console) -> tuple[str, list[str]]:
+    """A small DAG in one atomic submit: plan -> fetch x 4 regions (fan-out) -> merge (fan-in)."""
+    wf = app.workflow()
+    wf.node("plan", "demo.work", {"ms": 100}, labels=[DEMO_LABEL])
+    fetches = [
+        wf.node(f"fetch-{region}", "demo.fetch", {"region": region}, depends_on=["plan"], labels=[DEMO_LABEL])
+        for region in REGION_SALES
+    ]
+    wf.node("merge", "demo.merge", depends_on=fetches, labels=[DEMO_LABEL], priority="high")
+    workflow = wf.submit()
+    console.print(f"submitted workflow {workflow.id}: plan -> {len(fetches)} fetches -> merge")
+    return workflow.id, [t.id for t in workflow.nodes.values()]
+
+
+def workflow_view(workflow: Workflow) -> dict[str, object]:
+    """The summary's view of the demo workflow: state, nodes, and what the fan-in computed."""
+    return {
+        "id": workflow.id,
+        "state": workflow.state.value,
+        "nodes": {key: task.state.value for key, task in workflow.nodes.items()},
+        "result": workflow.nodes["merge"].result,
+    }
 
 
 # --- progress ------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Summary:
     wait_p50: float
     wait_p95: float
     worker_exit_codes: list[int] = field(default_factory=list)
+    workflow: dict[str, Any] | None = None  # the demo's DAG: id, state, node states, result
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,7 +118,18 @@ def print_summary(summary: Summary, console: Console, as_json: bool = False) -> 
         f"[bold]{summary.throughput:.1f}[/] tasks/s, {summary.retries} retries, "
         f"wait p50 {summary.wait_p50 * 1000:.0f} ms, p95 {summary.wait_p95 * 1000:.0f} ms"
     )
+    if summary.workflow is not None:
+        console.print(_workflow_line(summary.workflow))
     console.print(f"workers stopped with SIGTERM: exit codes {codes}")
+
+
+def _workflow_line(wf: dict[str, Any]) -> str:
+    nodes = wf["nodes"]
+    done = sum(state == "succeeded" for state in nodes.values())
+    return (
+        f"workflow {wf['id']}: [bold]{wf['state']}[/], {done}/{len(nodes)} nodes succeeded "
+        f"(plan -> {len(nodes) - 2} fetches -> merge), merged result {wf['result']}"
+    )
 
 
 def _states_table(summary: Summary) -> Table:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor, Permanent, RetryPolicy
+from conveyor import Conveyor, Permanent, RetryPolicy, current
 
 FAST_RETRY = RetryPolicy(max_retries=3, base=0.1, factor=2.0, max=0.5)
 
@@ -51,6 +51,22 @@ async def slow(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+REGION_SALES = {"eu": 120, "us": 300, "apac": 80, "latam": 45}
+
+
+async def fetch(region: str) -> int:
+    """A workflow's fan-out step: one region's figure."""
+    await asyncio.sleep(0.1)
+    return REGION_SALES[region]
+
+
+async def merge() -> dict[str, int]:
+    """A workflow's fan-in step: sums its parents' results (by node key)."""
+    parents = await current().parent_results_async()
+    figures = {key: value for key, value in parents.items() if isinstance(value, int)}
+    return {"regions": len(figures), "total": sum(figures.values())}
+
+
 def _count_attempt(key: str) -> int:
     """Attempt number for ``key``, kept in a file: workers do not pass attempt counts to tasks.
 
@@ -71,6 +87,10 @@ def make_app(url: str | None = None) -> Conveyor:
     app.task(name="demo.always_fails", retry=FAST_RETRY, max_retries=2)(always_fails)
     app.task(name="demo.reject", retry=FAST_RETRY)(reject)
     app.task(name="demo.slow", retry=FAST_RETRY, max_retries=1, timeout=0.5)(slow)
+    app.task(name="demo.fetch", retry=FAST_RETRY)(fetch)
+    app.task(name="demo.merge", retry=FAST_RETRY)(merge)
+    # a rate-limited queue: every worker together starts at most 20 of these per second
+    app.task(name="demo.limited", queue="limited", rate_limit="20/s", retry=FAST_RETRY)(work)
     return app
 
 

@@ -69,6 +69,30 @@ class InvalidStateTransition(ConveyorError):
     code = "InvalidStateTransition"
 
 
+class Unauthorized(ConveyorError):
+    """No bearer token, or one that matches no configured token (HTTP 401)."""
+
+    code = "Unauthorized"
+
+
+class Forbidden(ConveyorError):
+    """The token is valid but its role is too low for the operation (HTTP 403)."""
+
+    code = "Forbidden"
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body over the API's size limit (HTTP 413)."""
+
+    code = "PayloadTooLarge"
+
+
+class FeatureUnavailable(ConveyorError):
+    """The operation exists in the spec but this build does not provide it yet (HTTP 501)."""
+
+    code = "NotImplemented"
+
+
 class UnknownTask(InvalidInput):
     """A task name no registered function handles."""
 

@@ -106,6 +106,8 @@ class NewTask:
     max_retries: int = 3
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    workflow_id: str | None = None  # the workflow this task is a node of (``conveyor.workflows``)
+    workflow_key: str | None = None  # its node key there
 
     @property
     def initial_state(self) -> State:
@@ -132,6 +134,7 @@ class ClaimedTask:
     run_at: float
     created_at: float
     labels: list[str] = field(default_factory=list)
+    workflow_id: str | None = None
 
 
 class Task(BaseModel):
@@ -163,6 +166,8 @@ class Task(BaseModel):
     finished_at: AwareDatetime | None = None
     updated_at: AwareDatetime
     history: list[HistoryEntry] = Field(default_factory=list)
+    workflow_id: str | None = None
+    workflow_key: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -69,7 +69,10 @@ class TaskDef(Generic[P, R]):
     retry: RetryPolicy | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     permanent_on: tuple[type[BaseException], ...] = ()
-    rate_limit: str | None = None
+    rate_limit: str | None = None  # cluster-wide, e.g. "50/s" (conveyor.features.flow)
+    concurrency_limit: int | None = None  # running at most, cluster-wide
+    breaker_threshold: int | None = None  # consecutive failures that open its breaker
+    breaker_cooldown: float | None = None  # seconds the breaker stays open
     requires: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     is_async: bool = field(init=False)

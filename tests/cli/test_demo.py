@@ -12,7 +12,7 @@ import pytest
 from tests.cli.helpers import COMMAND, clean_env
 
 # The demo's workload is fixed: 20 flaky tasks recover, 13 end in the DLQ, 3 are cancelled.
-EXPECTED_STATES = {"succeeded": 240, "failed": 13, "cancelled": 3}
+EXPECTED_STATES = {"succeeded": 276, "failed": 13, "cancelled": 3}  # incl. the 6-node workflow
 EXPECTED_DLQ = {"permanent_error": 4, "retries_exhausted": 6, "timeout": 3}
 
 
@@ -53,4 +53,7 @@ def test_demo_json_summary_counts_every_outcome(tmp_path: Path) -> None:
     assert {reason: d["count"] for reason, d in summary["dlq"].items()} == EXPECTED_DLQ
     assert summary["retries"] >= 10 * 1 + 10 * 2 + 6 * 2 + 3 * 1  # flaky, exhausted, timed out
     assert summary["worker_exit_codes"] == [0, 0]
+    workflow = summary["workflow"]
+    assert workflow["state"] == "succeeded" and len(workflow["nodes"]) == 6
+    assert workflow["result"] == {"regions": 4, "total": 545}  # the fan-in read its parents' results
     assert summary["bands"]["high"]["wait_p50"] <= summary["bands"]["low"]["wait_p50"]

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor, Permanent, Retry, RetryPolicy
+from conveyor import Conveyor, Permanent, Retry, RetryPolicy, current
 
 FAST = RetryPolicy(max_retries=3, base=0.05, factor=2, max=0.2)
 TIMEOUT = 0.3  # the run-time limit of the ``sleepy_*`` tasks
@@ -157,6 +157,21 @@ async def where_async(x: int) -> dict[str, Any]:
     return {"x": x, "pid": os.getpid(), "thread": threading.current_thread().name, "kind": "async"}
 
 
+def sum_parents(extra: int = 0) -> int:
+    """Sum of the parents' results (a fan-in node), read through ``conveyor.current()``."""
+    return extra + sum(current().parent_results().values())
+
+
+async def sum_parents_async(extra: int = 0) -> int:
+    return extra + sum((await current().parent_results_async()).values())
+
+
+def whoami() -> dict[str, Any]:
+    """The attempt's context as task code sees it."""
+    ctx = current()
+    return {"id": ctx.task_id, "name": ctx.name, "attempt": ctx.attempt, "workflow_id": ctx.workflow_id}
+
+
 def build_app(url: str | None = None, **kwargs: Any) -> Conveyor:
     """A ``Conveyor`` on ``url`` (``CONVEYOR_URL`` when ``None``) with every test task."""
     app = Conveyor(url, **kwargs)
@@ -174,6 +189,9 @@ def build_app(url: str | None = None, **kwargs: Any) -> Conveyor:
     app.task(once, name="it.once", **plain)
     app.task(where_sync, name="it.where_sync", **plain)
     app.task(where_async, name="it.where_async", **plain)
+    app.task(sum_parents, name="it.sum_parents", **plain)
+    app.task(sum_parents_async, name="it.sum_parents_async", **plain)
+    app.task(whoami, name="it.whoami", **plain)
     return app
 
 

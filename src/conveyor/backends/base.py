@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from conveyor.features.flow import FlowControl, QueueUpdate
 from conveyor.models import (
     ClaimedTask,
     NewTask,
@@ -90,6 +91,7 @@ class ClaimParams:
     queues: Sequence[str] = ()
     tags: frozenset[str] = frozenset()
     now: float | None = None
+    aging_interval: float | None = None  # seconds per +1 of effective priority; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,5 +288,42 @@ class Lifecycle(Protocol):
 
 
 @runtime_checkable
-class Backend(TaskStore, AdminStore, WorkerRegistry, Lifecycle, Protocol):
+class WorkflowStore(Protocol):
+    """Workflows (DAGs submitted at once): their nodes are tasks carrying ``workflow_id``
+    and ``workflow_key``, stored by ``task_enqueue_many`` in one atomic step."""
+
+    async def workflow_get(self, workflow_id: str) -> list[Task]:
+        """Every task of the workflow, oldest id first; an empty list if unknown."""
+        ...
+
+
+@runtime_checkable
+class FlowStore(Protocol):
+    """Flow control kept in the engine, cluster-wide (rules in ``conveyor.features.flow``).
+
+    ``task_claim`` skips paused queues, spends rate-limit tokens, respects concurrency
+    limits (running tasks per queue and per task name, counted inside the claim) and
+    breakers, and orders by aged priority when ``ClaimParams.aging_interval`` is set,
+    all in its one atomic step; ``Claim.next_due`` is then also the time a blocked
+    rate or breaker allows more. ``task_finish_many`` updates the breakers of the task
+    names it finishes in the same step. With no controls stored, a claim costs what it
+    did without them.
+    """
+
+    async def queue_update(self, update: QueueUpdate) -> FlowControl:
+        """Change one queue's or task name's settings (``InvalidInput``: nothing stored)."""
+        ...
+
+    async def flow_list(self) -> list[FlowControl]:
+        """Every stored control, by kind then name."""
+        ...
+
+    async def task_ahead(self, task_id: str) -> int:
+        """How many ``pending`` tasks of its queue come before this one in claim order
+        (without aging); 0 if it is not pending."""
+        ...
+
+
+@runtime_checkable
+class Backend(TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, Lifecycle, Protocol):
     """Everything an engine provides."""

@@ -44,6 +44,17 @@ from conveyor.backends.base import (
     WaitParams,
 )
 from conveyor.errors import InvalidInput, QueueFull, TaskExists, TaskNotFound
+from conveyor.features.flow import (
+    ClaimGate,
+    FlowControl,
+    Key,
+    QueueUpdate,
+    apply_update,
+    claim_key,
+    open_breakers,
+    record_outcome,
+    running_keys,
+)
 from conveyor.models import (
     ClaimedTask,
     HistoryEntry,
@@ -106,6 +117,8 @@ class _Row:
     started_at: float | None = None
     finished_at: float | None = None
     history: list[HistoryEntry] = field(default_factory=list)
+    workflow_id: str | None = None
+    workflow_key: str | None = None
 
     @classmethod
     def new(cls, t: NewTask) -> _Row:
@@ -126,6 +139,8 @@ class _Row:
             retry=t.retry,
             created_at=t.created_at,
             updated_at=t.created_at,
+            workflow_id=t.workflow_id,
+            workflow_key=t.workflow_key,
         )
 
     @property
@@ -170,6 +185,8 @@ class _Row:
             finished_at=None if self.finished_at is None else _dt(self.finished_at),
             updated_at=_dt(self.updated_at),
             history=[entry.model_copy() for entry in self.history],
+            workflow_id=self.workflow_id,
+            workflow_key=self.workflow_key,
         )
 
     def to_claimed(self) -> ClaimedTask:
@@ -189,6 +206,7 @@ class _Row:
             run_at=self.run_at,
             created_at=self.created_at,
             labels=list(self.labels),
+            workflow_id=self.workflow_id,
         )
 
 
@@ -213,8 +231,11 @@ class _Store:
         self.running: dict[str, _Row] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self.dependents: defaultdict[str, set[str]] = defaultdict(set)  # dep id -> waiting ids
+        self.workflows: defaultdict[str, list[str]] = defaultdict(list)  # workflow id -> node ids
         self.counts: Counter[tuple[str, State]] = Counter()
         self.pending_bands: Counter[tuple[str, Band]] = Counter()
+        self.flow: dict[Key, FlowControl] = {}  # flow controls (conveyor.features.flow)
+        self.running_by: Counter[Key] = Counter()  # running tasks per ("queue"|"task", name)
         self.workers: dict[str, WorkerInfo] = {}
         self.waiters: set[_Waiter] = set()
         self.touched: set[str] = set()  # queues that gained ready or delayed work
@@ -253,8 +274,12 @@ class _Store:
                 self.dependents.get(dep, set()).discard(row.id)
         if old is State.RUNNING:
             self.running.pop(row.id, None)
+            self.running_by[("queue", row.queue)] -= 1
+            self.running_by[("task", row.name)] -= 1
         if new is State.RUNNING:
             self.running[row.id] = row
+            self.running_by[("queue", row.queue)] += 1
+            self.running_by[("task", row.name)] += 1
         else:
             row.worker_id = row.lease_token = row.lease_expires_at = None
         self._index(row)
@@ -369,6 +394,8 @@ class _Store:
         insort(self.order, row.id)
         if row.idempotency_key is not None:
             self.idempotency[(row.queue, row.idempotency_key)] = row.id
+        if row.workflow_id is not None:
+            insort(self.workflows[row.workflow_id], row.id)
         row.history.append(HistoryEntry(at=_dt(row.created_at), state=row.state, transition="enqueue"))
         self._count(row, +1)
         self._index(row)
@@ -395,6 +422,8 @@ class _Store:
         for queue in queues:
             self._promote_due(queue, now)
         heads: list[tuple[tuple[int, float, str], str]] = []  # best ready entry of each queue
+        if self.flow or params.aging_interval:
+            return self._claim_controlled(params, queues, now)
         for queue in queues:
             self._push_head(heads, queue)
         taken: list[_Row] = []
@@ -409,6 +438,9 @@ class _Store:
             self._push_head(heads, queue)
         for key, queue in passed + heads:
             heapq.heappush(self.ready[queue], key)
+        return Claim(tasks=self._lease(taken, params, now), next_due=self.next_due(queues))
+
+    def _lease(self, taken: list[_Row], params: ClaimParams, now: float) -> list[ClaimedTask]:
         for row in taken:
             self.transition(row, "claim", now, worker_id=params.worker_id)
             row.attempts += 1
@@ -416,7 +448,54 @@ class _Store:
             row.worker_id = params.worker_id
             row.lease_token = secrets.token_hex(16)
             row.lease_expires_at = now + params.lease_seconds
-        return Claim(tasks=[row.to_claimed() for row in taken], next_due=self.next_due(queues))
+        return [row.to_claimed() for row in taken]
+
+    def _claim_controlled(self, params: ClaimParams, queues: list[str], now: float) -> Claim:
+        """The claim with flow controls or aging: every ready task of the open queues,
+        in (aged) claim order, offered to the gate. Simple rather than fast: this
+        engine is the readable reference, the SQL engines look at index heads only."""
+        running = {key: self.running_by[key] for key in running_keys(self.flow.values())}
+        gate = ClaimGate(self.flow, running, now)
+        ready = {row.id: row for row in self._ready_rows(queues) if row.queue not in gate.blocked_queues}
+        order = sorted(ready.values(), key=lambda r: claim_key(r.priority, r.run_at, r.id, now, params.aging_interval))
+        taken: list[_Row] = []
+        for row in order:
+            if len(taken) >= params.limit:
+                break
+            if params.tags.issuperset(row.requires) and gate.take(row.queue, row.name):
+                taken.append(row)
+        gate.commit()  # the controls are this store's own: updated in place
+        due = self.next_due(queues)
+        if gate.wake is not None:
+            due = gate.wake if due is None else min(due, gate.wake)
+        return Claim(tasks=self._lease(taken, params, now), next_due=due)
+
+    def _ready_rows(self, queues: Sequence[str]) -> Iterator[_Row]:
+        """The ``pending`` rows of ``queues`` (a heap may hold stale or repeated entries)."""
+        for queue in queues:
+            for key in self.ready.get(queue, ()):
+                row = self.tasks.get(key[2])
+                if row is not None and row.state is State.PENDING and row.ready_key == key:
+                    yield row
+
+    def ahead(self, task_id: str) -> int:
+        row = self.get(task_id)
+        if row.state is not State.PENDING:
+            return 0
+        ids = {r.id for r in self._ready_rows([row.queue]) if r.ready_key < row.ready_key}
+        return len(ids)
+
+    def queue_update(self, update: QueueUpdate) -> FlowControl:
+        control = apply_update(self.flow.get((update.kind, update.name)), update)
+        if control.inert:
+            self.flow.pop(control.key, None)
+        else:
+            self.flow[control.key] = control
+        if update.kind == "queue":
+            self.touched.add(update.name)  # a resumed queue or a looser limit: claim again
+        else:
+            self.touched |= set(self.ready)
+        return control.model_copy()
 
     def _promote_due(self, queue: str, now: float) -> None:
         heap = self.delayed.get(queue)
@@ -462,6 +541,9 @@ class _Store:
             return False
         now = time.time() if outcome.finished_at is None else outcome.finished_at
         worker_id = outcome.worker_id or row.worker_id
+        breaker = self.flow.get(("task", row.name))
+        if breaker is not None:
+            record_outcome(breaker, outcome.kind == "complete", now)
         if outcome.kind == "complete":
             row.result = result
             row.error = None
@@ -566,14 +648,16 @@ class _Store:
         return len(rows)
 
     def queue_list(self) -> list[QueueInfo]:
-        names = sorted({queue for (queue, _), n in self.counts.items() if n > 0})
+        names = {queue for (queue, _), n in self.counts.items() if n > 0}
+        names |= {name for kind, name in self.flow if kind == "queue"}
         return [
             QueueInfo(
                 name=name,
                 counts={state.value: self.counts[(name, state)] for state in State},
                 pending_by_band={band.value: self.pending_bands[(name, band)] for band in Band},
+                paused=(c := self.flow.get(("queue", name))) is not None and c.paused,
             )
-            for name in names
+            for name in sorted(names)
         ]
 
     def stats(self, offline_after: float) -> Stats:
@@ -596,6 +680,7 @@ class _Store:
             dlq_size=counts[State.FAILED.value],
             finished_last_minute=finished,
             throughput_per_second=finished / _FINISHED_WINDOW,
+            open_breakers=open_breakers(self.flow.values()),
         )
 
     # --- workers ---------------------------------------------------------------------
@@ -721,6 +806,11 @@ class MemoryBackend:
         with self._store.atomic() as store:
             return store.list_page(params)
 
+    async def workflow_get(self, workflow_id: str) -> list[Task]:
+        with self._store.atomic() as store:
+            ids = store.workflows.get(workflow_id, [])
+            return [store.tasks[i].to_task() for i in ids if i in store.tasks]
+
     async def task_replay(self, flt: TaskFilter) -> int:
         with self._store.atomic() as store:
             return store.replay(flt)
@@ -736,6 +826,20 @@ class MemoryBackend:
     async def stats(self) -> Stats:
         with self._store.atomic() as store:
             return store.stats(self.offline_after)
+
+    # --- flow control ----------------------------------------------------------------
+
+    async def queue_update(self, update: QueueUpdate) -> FlowControl:
+        with self._store.atomic() as store:
+            return store.queue_update(update)
+
+    async def flow_list(self) -> list[FlowControl]:
+        with self._store.atomic() as store:
+            return [store.flow[key].model_copy() for key in sorted(store.flow)]
+
+    async def task_ahead(self, task_id: str) -> int:
+        with self._store.atomic() as store:
+            return store.ahead(task_id)
 
     # --- workers ---------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from conveyor.backends.base import (
 from conveyor.backends.sqlite_admin import AdminOps
 from conveyor.backends.sqlite_ops import TaskOps
 from conveyor.errors import BackendUnavailable, InvalidInput
+from conveyor.features.flow import FlowControl, QueueUpdate
 from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo
 
 T = TypeVar("T")
@@ -314,6 +315,9 @@ class SqliteBackend:
     async def task_list(self, params: ListParams) -> Page:
         return await self._run(self.admin.task_list, params)
 
+    async def workflow_get(self, workflow_id: str) -> list[Task]:
+        return await self._run(self.admin.workflow_get, workflow_id)
+
     async def task_replay(self, flt: TaskFilter) -> int:
         return await self._run(self.admin.task_replay, flt)
 
@@ -325,6 +329,17 @@ class SqliteBackend:
 
     async def stats(self) -> Stats:
         return await self._run(self.admin.stats, self.offline_after)
+
+    # --- FlowStore ----------------------------------------------------------------------
+
+    async def queue_update(self, update: QueueUpdate) -> FlowControl:
+        return await self._run(self.admin.queue_update, update)
+
+    async def flow_list(self) -> list[FlowControl]:
+        return await self._run(self.admin.flow_list)
+
+    async def task_ahead(self, task_id: str) -> int:
+        return await self._run(self.admin.task_ahead, task_id)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

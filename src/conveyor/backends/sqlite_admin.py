@@ -10,10 +10,13 @@ from collections import Counter
 from typing import Any
 
 from conveyor import states
+from conveyor.backends import sqlite_flow
 from conveyor.backends.base import ListParams, TaskFilter
 from conveyor.backends.sqlite_ops import Connection, Q
 from conveyor.backends.sqlite_rows import dump, stamp, task_from_row, worker_from_row, worker_row
-from conveyor.models import Page, QueueInfo, Stats, WorkerInfo, WorkerState
+from conveyor.errors import TaskNotFound
+from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
+from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
 from conveyor.priority import Band, band_of
 from conveyor.states import State
 
@@ -50,6 +53,12 @@ class AdminOps(Connection):
         more = len(rows) > limit
         return Page(items=items, next_cursor=items[-1].id if more else None)
 
+    def workflow_get(self, workflow_id: str) -> list[Task]:
+        """Every node of the workflow, oldest first."""
+        with self._read() as cur:
+            rows = cur.execute(Q["workflow_tasks"], {"workflow_id": workflow_id}).fetchall()
+        return [task_from_row(row) for row in rows]
+
     def task_replay(self, flt: TaskFilter) -> int:
         """Failed tasks back to ``pending`` (a state in ``flt`` is ignored: dead letters only)."""
         with self._write() as cur:
@@ -73,6 +82,28 @@ class AdminOps(Connection):
         with self._read() as cur:
             return self._queues(cur)
 
+    # --- flow control (conveyor.features.flow) -------------------------------------------
+
+    def queue_update(self, update: QueueUpdate) -> FlowControl:
+        with self._write() as cur:
+            control = sqlite_flow.queue_update(cur, update)
+        self.notify()  # a resumed queue or a looser limit: waiting workers claim again
+        return control
+
+    def flow_list(self) -> list[FlowControl]:
+        with self._read() as cur:
+            return list(sqlite_flow.load_controls(cur).values())
+
+    def task_ahead(self, task_id: str) -> int:
+        with self._read() as cur:
+            row = cur.execute(Q["get_task"], {"id": task_id}).fetchone()
+            if row is None:
+                raise TaskNotFound(f"task {task_id} not found", task_id=task_id)
+            if State(row["state"]) not in states.sources("claim"):
+                return 0
+            keys = {k: row[k] for k in ("queue", "priority", "run_at", "id")}
+            return int(cur.execute(Q["task_ahead"], keys).fetchone()[0])
+
     def _queues(self, cur: sqlite3.Cursor) -> list[QueueInfo]:
         """Counts from two GROUP BYs over covering indexes; bands from priorities here,
         so ``conveyor.priority`` stays the one place that defines them."""
@@ -83,6 +114,9 @@ class AdminOps(Connection):
         for queue, priority, count in cur.execute(Q["queue_ready_priorities"]):
             info = queues.setdefault(queue, _empty_queue(queue))
             info.pending_by_band[band_of(priority).value] += count
+        for control in sqlite_flow.load_controls(cur).values():
+            if control.kind == "queue":
+                queues.setdefault(control.name, _empty_queue(control.name)).paused = control.paused
         return [queues[name] for name in sorted(queues)]
 
     def stats(self, offline_after: float) -> Stats:
@@ -90,6 +124,7 @@ class AdminOps(Connection):
         with self._read() as cur:
             queues = self._queues(cur)
             finished = cur.execute(Q["finished_since"], {"since": now - 60.0}).fetchone()[0]
+            breakers = open_breakers(sqlite_flow.load_controls(cur).values())
         workers = self.worker_list(offline_after)
         counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
         by_state = Counter(w.state.value for w in workers)
@@ -100,6 +135,7 @@ class AdminOps(Connection):
             dlq_size=counts[_FAILED],
             finished_last_minute=finished,
             throughput_per_second=finished / 60.0,
+            open_breakers=breakers,
         )
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from conveyor import states
+from conveyor.backends import sqlite_flow
 from conveyor.backends.base import (
     CancelParams,
     Claim,
@@ -240,15 +241,21 @@ class TaskOps(Connection):
         at = {"now": now, "at": stamp(now)}
         args: dict[str, Any] = at | {"limit": p.limit, "worker_id": p.worker_id}
         args |= {"expires": expires, "tags": dump_list(p.tags)}
+        wake: float | None = None
         with self._write() as cur:
             cur.execute(Q["promote_due"], at)
             rows: list[Any] = []
-            if p.limit > 0:
+            loaded = sqlite_flow.load_for_claim(cur)  # usually no controls: the plain path below
+            if p.limit > 0 and (loaded[0] or p.aging_interval):
+                rows, wake = sqlite_flow.claim_controlled(cur, p, now, loaded, args)
+            elif p.limit > 0:
                 if p.queues:
                     rows = cur.execute(Q["claim_queues"], args | {"queues": dump(list(p.queues))}).fetchall()
                 else:
                     rows = cur.execute(Q["claim_all"], args).fetchall()
             due = self._next_due(cur, p.queues)
+        if wake is not None:
+            due = wake if due is None else min(due, wake)
         tasks = [claimed_from_row(row, expires) for row in rows]
         tasks.sort(key=_claim_order)
         return Claim(tasks, due)
@@ -283,6 +290,7 @@ class TaskOps(Connection):
             for kind, rows in batches.items():
                 if rows:
                     cur.executemany(_FINISH[kind], rows)
+            sqlite_flow.record_breakers(cur, outcomes, applied, now)
             woke = self._settle_dependents(cur, batches, now) or bool(batches["retry"])
         if woke:
             self.notify()

@@ -84,6 +84,8 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         dump_policy(task.retry),
         task.created_at,
         stamp(task.created_at),
+        task.workflow_id,
+        task.workflow_key,
     )
 
 
@@ -105,7 +107,7 @@ def outcome_row(o: Outcome, now: float) -> tuple[Any, ...]:
 
 def claimed_from_row(row: tuple[Any, ...], expires: float) -> ClaimedTask:
     """A ``claim_*`` RETURNING row: id, name, args, queue, priority, attempts,
-    max_retries, timeout, retry, run_at, created_at, labels, lease_token."""
+    max_retries, timeout, retry, run_at, created_at, labels, lease_token, workflow_id."""
     return ClaimedTask(
         id=row[0],
         name=row[1],
@@ -121,6 +123,7 @@ def claimed_from_row(row: tuple[Any, ...], expires: float) -> ClaimedTask:
         run_at=row[9],
         created_at=row[10],
         labels=load_list(row[11]),
+        workflow_id=row[13],
     )
 
 
@@ -159,6 +162,8 @@ def task_from_row(row: sqlite3.Row) -> Task:
             "finished_at": to_dt(row["finished_at"]),
             "updated_at": to_dt(row["updated_at"]),
             "history": history,
+            "workflow_id": row["workflow_id"],
+            "workflow_key": row["workflow_key"],
         }
     )
 

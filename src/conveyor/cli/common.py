@@ -12,17 +12,19 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 
 from conveyor.app import Conveyor
+from conveyor.backends.base import TaskFilter
 from conveyor.config import load_settings
 from conveyor.errors import ConveyorError, InvalidInput
-from conveyor.models import QUEUE_PATTERN
+from conveyor.models import QUEUE_PATTERN, Page, QueueInfo, Stats, Task, WorkerInfo
 from conveyor.states import State
+from conveyor.task import SubmitOptions
 
 UrlOpt = Annotated[
     str | None,
@@ -30,6 +32,21 @@ UrlOpt = Annotated[
         "--url",
         help="Backend URL. Default: $CONVEYOR_URL, then conveyor.yaml, then sqlite:///conveyor.db.",
         show_default=False,
+    ),
+]
+ApiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        envvar="CONVEYOR_API",
+        help="Talk to a Conveyor HTTP API at this base URL instead of the backend ($CONVEYOR_API).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar="CONVEYOR_TOKEN", help="Bearer token for --api ($CONVEYOR_TOKEN).", show_default=False
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, the same objects the HTTP API returns.")]
@@ -46,6 +63,48 @@ def connect(url: str | None, *, auto_migrate: bool | None = None) -> Iterator[Co
         yield app
     finally:
         app.close()
+
+
+class Submitted(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created(self) -> bool: ...
+
+
+class Operations(Protocol):
+    """What task and operator commands call: a local ``Conveyor`` or ``conveyor.client.Client``."""
+
+    def submit(self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None) -> Submitted: ...
+    def get(self, task_id: str) -> Task: ...
+    def list_tasks(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page: ...
+    def cancel(self, task_id: str) -> Task: ...
+    def retry(self, task_id: str) -> Task: ...
+    def stats(self) -> Stats: ...
+    def workers(self) -> list[WorkerInfo]: ...
+    def queues(self) -> list[QueueInfo]: ...
+    def dlq_replay(self, flt: TaskFilter | None = None) -> int: ...
+    def dlq_purge(self, flt: TaskFilter | None = None) -> int: ...
+    def close(self) -> None: ...
+
+
+@contextmanager
+def open_client(url: str | None, api: str | None = None, token: str | None = None) -> Iterator[Operations]:
+    """The HTTP client when ``--api`` (or ``$CONVEYOR_API``) is given, else the app on ``url``."""
+    if api and url:
+        raise InvalidInput("give either --url (a backend) or --api (an HTTP API), not both")
+    client: Operations
+    if api:
+        from conveyor.client import Client
+
+        client = Client(api, token)
+    else:
+        client = Conveyor(settings=load_settings(url=url))
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def print_json(data: Any) -> None:

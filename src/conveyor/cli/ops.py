@@ -6,7 +6,19 @@ from typing import Annotated
 import typer
 
 from conveyor.backends.base import TaskFilter
-from conveyor.cli.common import JsonOpt, UrlOpt, connect, err, out, parse_queue, print_json
+from conveyor.cli import flow
+from conveyor.cli.common import (
+    ApiOpt,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    connect,
+    err,
+    open_client,
+    out,
+    parse_queue,
+    print_json,
+)
 from conveyor.cli.render import queues_table, stats_view, tasks_table, workers_table
 from conveyor.errors import InvalidInput
 from conveyor.states import State
@@ -28,9 +40,9 @@ def register(cli: typer.Typer) -> None:
     cli.command(rich_help_panel=PANEL)(migrate)
 
 
-def stats(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def stats(url: UrlOpt = None, api: ApiOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Counts per state and queue, throughput, workers, open breakers."""
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         result = app.stats()
     if as_json:
         print_json(result)
@@ -38,9 +50,9 @@ def stats(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         out.print(stats_view(result))
 
 
-def workers(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def workers(url: UrlOpt = None, api: ApiOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Registered workers and their state (idle, busy, stopping, offline)."""
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         result = app.workers()
     if as_json:
         print_json(result)
@@ -48,9 +60,38 @@ def workers(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         out.print(workers_table(result, out.width) if result else "no workers registered")
 
 
-def queues(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Depth of each queue per state, and ready work per priority band."""
-    with connect(url) as app:
+def queues(
+    name: Annotated[str | None, typer.Argument(help="A queue (or with --task, a task name) to change.")] = None,
+    pause: Annotated[bool, typer.Option("--pause", help="Stop claims from it, cluster-wide.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Let claims take from it again.")] = False,
+    rate_limit: Annotated[str | None, typer.Option(help="Claims at most, e.g. 100/s, 5/m; 'none' clears.")] = None,
+    concurrency: Annotated[str | None, typer.Option(help="Running tasks at most; 'none' clears.")] = None,
+    task: Annotated[bool, typer.Option("--task", help="NAME is a task name, not a queue.")] = False,
+    reset_breaker: Annotated[bool, typer.Option("--reset-breaker", help="Close the task's breaker.")] = False,
+    url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Depth of each queue per state and ready work per band; with NAME and options,
+    pause, resume or limit that queue (or task name) at run time, cluster-wide."""
+    if name is not None:
+        update = flow.queue_settings(
+            name,
+            task=task,
+            pause=pause,
+            resume=resume,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
+            reset_breaker=reset_breaker,
+        )
+        if update is None:
+            raise InvalidInput("nothing to change: give --pause, --resume, --rate-limit or --concurrency")
+        if api:
+            raise InvalidInput("changing queue settings through --api is not supported yet: use --url")
+        flow.apply_queue_settings(url, update, as_json)
+        return
+    with open_client(url, api, token) as app:
         result = app.queues()
     if as_json:
         print_json(result)
@@ -65,11 +106,13 @@ def dlq_list(
     limit: Annotated[int, typer.Option(help="Page size.", min=1, max=1000)] = 50,
     cursor: Annotated[str | None, typer.Option(help="The next cursor a previous page printed.")] = None,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List dead letters (failed tasks) with their failure reason and error."""
     flt = TaskFilter(state=State.FAILED, queue=parse_queue(queue), name=name)
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         page = app.list_tasks(flt, limit, cursor)
     if as_json:
         print_json(page.items)
@@ -90,11 +133,13 @@ def dlq_replay(
     name: NameOpt = None,
     ids: Annotated[list[str] | None, typer.Option("--id", help="Replay this task (repeatable).")] = None,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Send matching dead letters back to pending with attempts reset (all if no filter)."""
     flt = TaskFilter(queue=parse_queue(queue), name=name, ids=ids or None)
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         count = app.dlq_replay(flt)
     if as_json:
         print_json({"replayed": count})
@@ -108,13 +153,15 @@ def dlq_purge(
     name: NameOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete matching dead letters for good (all if no filter)."""
     flt = TaskFilter(queue=parse_queue(queue), name=name)
     if not yes:
         _confirm_purge(queue, name)
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         count = app.dlq_purge(flt)
     if as_json:
         print_json({"purged": count})

@@ -35,6 +35,10 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Attempts run at once (default: config, 10).", min=1)] = None,
     pool: Annotated[PoolKind | None, typer.Option(help="Where attempts run (default: config, async).")] = None,
     tags: Annotated[list[str] | None, typer.Option(help="Tags this worker offers, comma-separated.")] = None,
+    scheduler: Annotated[
+        bool | None,
+        typer.Option("--scheduler/--no-scheduler", help="Fire the app's periodic schedules (default: config, on)."),
+    ] = None,
     url: UrlOpt = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT; in-flight tasks finish, the rest go back to pending."""
@@ -47,6 +51,7 @@ def worker(
         pool=pool.value if pool else None,
         app_path=app_path,
         install_signals=True,
+        scheduler=scheduler,
     )
     asyncio.run(run_worker(app, options))
 

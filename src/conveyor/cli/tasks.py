@@ -2,14 +2,28 @@
 
 import json
 import time
+from contextlib import AbstractContextManager, closing
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
 
-from conveyor.app import Conveyor, spec_from
+from conveyor.app import spec_from
 from conveyor.backends.base import TaskFilter
-from conveyor.cli.common import JsonOpt, UrlOpt, connect, err, load_app, out, parse_queue, parse_state, print_json
+from conveyor.cli.common import (
+    ApiOpt,
+    JsonOpt,
+    Operations,
+    TokenOpt,
+    UrlOpt,
+    err,
+    load_app,
+    open_client,
+    out,
+    parse_queue,
+    parse_state,
+    print_json,
+)
 from conveyor.cli.render import state_text, task_view, tasks_table
 from conveyor.errors import InvalidInput
 from conveyor.models import Task
@@ -57,6 +71,8 @@ def submit(
         str | None, typer.Option("--app", help="MODULE:ATTR of your app: refuses unknown names and bad args.")
     ] = None,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a task by name; prints its id."""
@@ -73,10 +89,15 @@ def submit(
         timeout=timeout,
     )
     spec_from(name, kwargs, opts)  # refuse bad input before touching the app or the backend
-    app = load_app(app_path, url) if app_path else Conveyor(url)
-    try:
-        if app_path:
-            app.get_task(name)  # the registry knows the task, so refuse unknown names
+    if app_path:
+        local = load_app(app_path, url)
+        local.get_task(name)  # the registry knows the task, so refuse unknown names
+        client: AbstractContextManager[Operations] = closing(local)
+        if api:
+            raise InvalidInput("--app checks names locally; it cannot be combined with --api")
+    else:
+        client = open_client(url, api, token)
+    with client as app:
         handle = app.submit(name, kwargs, opts)
         if not handle.created:
             err.print(f"note: idempotency key {idempotency_key!r} already used: returning the existing task")
@@ -84,8 +105,6 @@ def submit(
             print_json(app.get(handle.id))
         else:
             out.print(handle.id)
-    finally:
-        app.close()
 
 
 def status(
@@ -93,10 +112,12 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the task finishes.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.", min=0.05)] = 0.5,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one task with its history (exit 1 if it does not exist)."""
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         task = app.get(task_id)
         if watch and as_json:
             task = _wait_terminal(app, task, interval)
@@ -112,7 +133,7 @@ def status(
             out.print(task_view(task))
 
 
-def _wait_terminal(app: Conveyor, task: Task, interval: float) -> Task:
+def _wait_terminal(app: Operations, task: Task, interval: float) -> Task:
     while not task.terminal:
         time.sleep(interval)
         task = app.get(task.id)
@@ -127,11 +148,13 @@ def list_tasks(
     limit: Annotated[int, typer.Option(help="Page size.", min=1, max=1000)] = 50,
     cursor: Annotated[str | None, typer.Option(help="The next cursor a previous page printed.")] = None,
     url: UrlOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List tasks, newest first, a page at a time."""
     flt = TaskFilter(state=parse_state(state), queue=parse_queue(queue), name=name, label=label)
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         page = app.list_tasks(flt, limit, cursor)
     if as_json:
         print_json(page.items)
@@ -146,16 +169,20 @@ def list_tasks(
         out.print(f"more: --cursor {page.next_cursor}")
 
 
-def cancel(task_id: IdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def cancel(
+    task_id: IdArg, url: UrlOpt = None, api: ApiOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
     """Cancel a task that has not finished (exit 1 if it already has)."""
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         task = app.cancel(task_id)
     _print_outcome(task, as_json)
 
 
-def retry(task_id: IdArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def retry(
+    task_id: IdArg, url: UrlOpt = None, api: ApiOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
     """Replay a failed (dead-lettered) task: back to pending, attempts reset."""
-    with connect(url) as app:
+    with open_client(url, api, token) as app:
         task = app.retry(task_id)
     _print_outcome(task, as_json)
 

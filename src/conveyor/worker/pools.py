@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import contextvars
 import functools
 import importlib
 import logging
@@ -23,6 +24,8 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from conveyor import context
+from conveyor.context import TaskContext
 from conveyor.errors import TaskTimeout
 
 if TYPE_CHECKING:
@@ -106,6 +109,11 @@ class _Threads:
             self._calls.put(None)
 
 
+def _in_context(td: TaskDef[Any, Any], args: dict[str, Any]) -> Callable[[], Any]:
+    """The call, run in a copy of the caller's context (so ``conveyor.current()`` works)."""
+    return functools.partial(contextvars.copy_context().run, td.fn, **args)
+
+
 class AsyncPool:
     """Coroutines run on the worker's loop; sync functions on ``size`` daemon threads."""
 
@@ -118,7 +126,7 @@ class AsyncPool:
             return await _with_timeout(td.fn(**args), timeout)
         if self._threads is None:
             self._threads = _Threads(min(self._size, 32), "conveyor-sync")  # coroutines may number thousands
-        return await self._threads.run(functools.partial(td.fn, **args), td.name, timeout)
+        return await self._threads.run(_in_context(td, args), td.name, timeout)
 
     async def close(self) -> None:
         if self._threads is not None:
@@ -134,7 +142,7 @@ class ThreadPool:
     async def run(self, td: TaskDef[Any, Any], args: dict[str, Any], timeout: float | None) -> Any:
         if td.is_async:
             return await _with_timeout(td.fn(**args), timeout)
-        return await self._threads.run(functools.partial(td.fn, **args), td.name, timeout)
+        return await self._threads.run(_in_context(td, args), td.name, timeout)
 
     async def close(self) -> None:
         self._threads.close()
@@ -156,9 +164,10 @@ def _child_main(app_path: str, conn: mpc.Connection) -> None:
     conn.send(("ready",))  # imports done: from now on, time spent is the task's
     while True:
         try:
-            name, args = conn.recv()
+            name, args, fields = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
+        token = context.enter(_child_context(fields, app)) if fields else None
         try:
             td = app.get_task(name)
             result = loop.run_until_complete(td.fn(**args)) if td.is_async else td.fn(**args)
@@ -169,6 +178,14 @@ def _child_main(app_path: str, conn: mpc.Connection) -> None:
                 conn.send(("err", exc, tb))
             except Exception:  # the exception itself does not pickle
                 conn.send(("err", RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+        finally:
+            if token is not None:
+                context.leave(token)
+
+
+def _child_context(fields: tuple[Any, ...], app: Any) -> TaskContext:
+    task_id, name, queue_name, attempt, workflow_id = fields
+    return TaskContext(task_id, name, queue_name, attempt, workflow_id, app)
 
 
 class _Child:
@@ -234,7 +251,8 @@ class ProcessPool:
 
     @staticmethod
     async def _call(child: _Child, name: str, args: dict[str, Any]) -> tuple[Any, ...]:
-        child.conn.send((name, args))
+        ctx = context.current_or_none()
+        child.conn.send((name, args, ctx.fields() if ctx is not None else None))
         return await _receive(child.conn)
 
     async def close(self) -> None:

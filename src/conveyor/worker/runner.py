@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor import __version__
+from conveyor import __version__, context
 from conveyor.backends.base import (
     Backend,
     ClaimParams,
@@ -42,12 +43,15 @@ from conveyor.backends.base import (
     ReleaseParams,
     WaitParams,
 )
+from conveyor.context import TaskContext
 from conveyor.errors import ConveyorError, InvalidInput, TaskTimeout
+from conveyor.features.limits import configured_updates
 from conveyor.ids import new_id
 from conveyor.models import ClaimedTask, TaskError, WorkerInfo, WorkerState, to_dt
 from conveyor.retry import decide
 from conveyor.worker.completer import Completer
 from conveyor.worker.pools import Pool, make_pool
+from conveyor.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -72,6 +76,7 @@ class WorkerOptions:
     pool: str | None = None
     app_path: str | None = None
     install_signals: bool = False
+    scheduler: bool | None = None  # fire the app's schedules (default: settings.worker.scheduler)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
 
@@ -110,6 +115,8 @@ class Worker:
         if self.opts.install_signals:
             self._install_signals()
         await backend.worker_register(self._info())
+        for update in configured_updates(self.app.settings, self.app.tasks):
+            await backend.queue_update(update)  # code and config limits, cluster-wide
         log.info(
             "worker %s started: queues=%s pool=%s concurrency=%d",
             self.id,
@@ -122,6 +129,9 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="reaper"),
         ]
+        run_scheduler = self.cfg.scheduler if self.opts.scheduler is None else self.opts.scheduler
+        if run_scheduler and self.app.schedules:
+            loops.append(asyncio.create_task(Scheduler(self.app).run(), name="scheduler"))
         try:
             await self._claim_loop()
         finally:
@@ -162,7 +172,14 @@ class Worker:
     async def _claim_loop(self) -> None:
         assert self._backend is not None
         backend, failures = self._backend, 0
-        params = ClaimParams(self.id, 0, self.cfg.lease_seconds, tuple(self.opts.queues), frozenset(self.opts.tags))
+        params = ClaimParams(
+            self.id,
+            0,
+            self.cfg.lease_seconds,
+            tuple(self.opts.queues),
+            frozenset(self.opts.tags),
+            aging_interval=self.app.settings.aging_interval or None,
+        )
         while not self._stopping:
             room = self.capacity - len(self._inflight)
             if room <= 0:
@@ -226,12 +243,15 @@ class Worker:
             td.check_args(ct.args)
         except InvalidInput as exc:  # unknown name or bad args: no retry can fix it
             return self._failure(ct, exc, (), (InvalidInput,))
+        token = context.enter(TaskContext(ct.id, ct.name, ct.queue, ct.attempts, ct.workflow_id, self.app))
         try:
             result = await self._pool.run(td, ct.args, ct.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return self._failure(ct, exc, td.retry_on, td.permanent_on)
+        finally:
+            context.leave(token)
         if result is not None and not _is_json(result):
             bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {result!r:.200}")
             return self._failure(ct, bad, (), (InvalidInput,))
@@ -337,7 +357,7 @@ def _is_json(value: Any) -> bool:
 
 
 def _with_limit(params: ClaimParams, limit: int) -> ClaimParams:
-    return ClaimParams(params.worker_id, limit, params.lease_seconds, params.queues, params.tags)
+    return dataclasses.replace(params, limit=limit)
 
 
 async def run_worker(app: Conveyor, options: WorkerOptions) -> None:

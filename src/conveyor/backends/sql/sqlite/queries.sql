@@ -12,11 +12,13 @@
 -- Positional, for executemany: see sqlite_rows.insert_row.
 INSERT INTO tasks (
     id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
-    idempotency_key, max_retries, timeout, retry, created_at, updated_at, history
+    idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
+    workflow_id, workflow_key
 ) VALUES (
     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15,
     json_array(json_object('at', json(?16), 'state', ?6, 'transition', 'enqueue',
-                           'worker_id', NULL, 'reason', NULL))
+                           'worker_id', NULL, 'reason', NULL)),
+    ?17, ?18
 );
 
 -- name: insert_dep
@@ -49,21 +51,24 @@ WHERE rowid IN (
     WHERE state {from:due} AND run_at <= :now
 );
 
+-- name: claim_set
+-- A fragment: what a claim writes (also used by claim_ids).
+state = {to:claim},
+attempts = attempts + 1,
+worker_id = :worker_id,
+lease_token = lower(hex(randomblob(16))),  -- fresh per task and attempt
+lease_expires_at = :expires,
+started_at = :now,
+updated_at = :now,
+history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:claim},
+    'transition', 'claim', 'worker_id', :worker_id, 'reason', NULL))
+
 -- name: claim_update
 -- A fragment, run under a "claim_queues(value)" CTE naming the queues to take from:
 -- one ordered scan of the ready index per queue takes its first :limit rows, and
 -- the outer ORDER BY sorts only those few, so a claim costs the same with a
 -- million tasks waiting as with ten. :tags is a JSON array of the worker's tags.
-UPDATE tasks SET
-    state = {to:claim},
-    attempts = attempts + 1,
-    worker_id = :worker_id,
-    lease_token = lower(hex(randomblob(16))),  -- fresh per task and attempt
-    lease_expires_at = :expires,
-    started_at = :now,
-    updated_at = :now,
-    history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:claim},
-        'transition', 'claim', 'worker_id', :worker_id, 'reason', NULL))
+UPDATE tasks SET {include:claim_set}
 WHERE rowid IN (
     SELECT c.rowid FROM claim_queues AS q
     JOIN tasks AS c ON c.rowid IN (
@@ -78,7 +83,15 @@ WHERE rowid IN (
     LIMIT :limit
 )
 RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry,
-          run_at, created_at, labels, lease_token
+          run_at, created_at, labels, lease_token, workflow_id
+
+-- name: claim_ids
+-- The flow-controlled claim (sqlite_flow.py): lease the tasks in :ids (a JSON
+-- array) that are still pending; same RETURNING columns as claim_update.
+UPDATE tasks SET {include:claim_set}
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state {from:claim}
+RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry,
+          run_at, created_at, labels, lease_token, workflow_id
 
 -- name: claim_queues
 -- The queues in :queues, a JSON array.
@@ -396,3 +409,108 @@ SELECT count(*) FROM tasks INDEXED BY tasks_finished WHERE finished_at >= :since
 
 -- name: data_version
 PRAGMA data_version;
+
+-- name: workflow_tasks
+-- Every node of one workflow, by the tasks_workflow index.
+SELECT * FROM tasks WHERE workflow_id = :workflow_id ORDER BY id;
+
+-- name: flow_all
+-- Flow controls (0003_flow_control.sql); a handful of rows, read by every claim.
+SELECT kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
+       tokens, refilled_at, failures, breaker, opened_until
+FROM flow_controls ORDER BY kind, name;
+
+-- name: flow_claim
+-- flow_all plus the running tasks of each key a claim must count (concurrency
+-- limits, breakers not closed), by index, in the claim's transaction.
+SELECT kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
+       tokens, refilled_at, failures, breaker, opened_until,
+       CASE WHEN concurrency IS NULL AND breaker = 'closed' THEN 0
+            WHEN kind = 'queue' THEN (SELECT count(*) FROM tasks INDEXED BY tasks_queue_state
+                                      WHERE queue = f.name AND state = {to:claim})
+            ELSE (SELECT count(*) FROM tasks INDEXED BY tasks_running_name
+                  WHERE name = f.name AND state = {to:claim})
+       END
+FROM flow_controls AS f;
+
+-- name: flow_get
+SELECT kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
+       tokens, refilled_at, failures, breaker, opened_until
+FROM flow_controls WHERE kind = :kind AND name = :name;
+
+-- name: flow_breakers
+-- Task names with a breaker: only these make an outcome touch flow_controls.
+SELECT kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
+       tokens, refilled_at, failures, breaker, opened_until
+FROM flow_controls WHERE kind = 'task' AND breaker_threshold IS NOT NULL;
+
+-- name: flow_upsert
+INSERT OR REPLACE INTO flow_controls (
+    kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
+    tokens, refilled_at, failures, breaker, opened_until
+) VALUES (
+    :kind, :name, :paused, :rate_limit, :concurrency, :breaker_threshold, :breaker_cooldown,
+    :tokens, :refilled_at, :failures, :breaker, :opened_until
+);
+
+-- name: flow_delete
+DELETE FROM flow_controls WHERE kind = :kind AND name = :name;
+
+-- name: flow_save_state
+-- Positional, for executemany: tokens, refilled_at, failures, breaker, opened_until, kind, name.
+UPDATE flow_controls SET tokens = ?1, refilled_at = ?2, failures = ?3, breaker = ?4, opened_until = ?5
+WHERE kind = ?6 AND name = ?7;
+
+-- name: ready_queues
+-- Every queue with ready work (the loose index scan of claim_all).
+WITH RECURSIVE claim_queues(value) AS (
+    SELECT (SELECT min(queue) FROM tasks INDEXED BY tasks_ready WHERE state {from:claim})
+    UNION ALL
+    SELECT (SELECT min(queue) FROM tasks INDEXED BY tasks_ready
+            WHERE state {from:claim} AND queue > claim_queues.value)
+    FROM claim_queues WHERE value IS NOT NULL
+)
+SELECT value FROM claim_queues WHERE value IS NOT NULL;
+
+-- name: flow_ready_filter
+-- A fragment: the ready rows of queue q.value a flow-controlled claim may consider
+-- (worker tags as in claim_update; names in :blocked are held by their limits).
+t.state {from:claim} AND t.queue = q.value
+AND (t.requires = '[]' OR NOT EXISTS (
+    SELECT 1 FROM json_each(t.requires) AS r
+    WHERE r.value NOT IN (SELECT value FROM json_each(:tags))))
+AND t.name NOT IN (SELECT value FROM json_each(:blocked))
+
+-- name: flow_candidates
+-- Ready tasks for the flow-controlled claim (sqlite_flow.py): the first :limit of
+-- each queue in :queues (a JSON array), by index seeks, so the cost stays flat.
+SELECT c.id, c.name, c.queue, c.priority, c.run_at
+FROM json_each(:queues) AS q
+JOIN tasks AS c ON c.rowid IN (
+    SELECT t.rowid FROM tasks AS t INDEXED BY tasks_ready
+    WHERE {include:flow_ready_filter}
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT :limit);
+
+-- name: flow_candidates_aged
+-- The same with priority aging on: the first :limit of each priority level in
+-- :levels (a JSON array), since a level's oldest tasks are its most aged. The
+-- equality on priority makes each level one index seek.
+SELECT c.id, c.name, c.queue, c.priority, c.run_at
+FROM json_each(:queues) AS q
+JOIN json_each(:levels) AS l
+JOIN tasks AS c ON c.rowid IN (
+    SELECT t.rowid FROM tasks AS t INDEXED BY tasks_ready
+    WHERE {include:flow_ready_filter} AND t.priority = l.value
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT :limit);
+
+-- name: task_ahead
+-- Pending tasks of the queue before (:priority, :run_at, :id) in claim order.
+SELECT count(*) FROM tasks INDEXED BY tasks_ready
+WHERE state {from:claim} AND queue = :queue
+  AND (priority > :priority
+       OR (priority = :priority AND (run_at < :run_at OR (run_at = :run_at AND id < :id))));
+
+-- name: task_names
+SELECT id, name FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
