@@ -265,6 +265,45 @@ class Conveyor:
             retry=policy if isinstance(policy, RetryPolicy) else RetryPolicy(),
         )
 
+    async def submit_many_async(
+        self, name: str, args_list: Sequence[dict[str, Any]], opts: SubmitOptions | None = None
+    ) -> list[TaskHandle]:
+        """Submit one task type with many argument sets, atomically (all or none).
+
+        The options are validated and resolved once, so a bulk fan-out costs little
+        more than the engine's insert; priority rules that read ``args`` still apply
+        to each task.
+        """
+        if not args_list:
+            return []
+        opts = opts or SubmitOptions()
+        if opts.idempotency_key is not None and len(args_list) > 1:
+            raise InvalidInput("an idempotency_key names one task: give each its own key through enqueue_many")
+        now = time.time()
+        first = self.build(spec_from(name, _as_args(args_list[0]), opts), now)
+        new = [first]
+        td = self.tasks.get(name)
+        rules = self.settings.priority_rules
+        per_task_priority = bool(rules) and opts.priority is None and (td is None or td.priority is None)
+        for raw in args_list[1:]:
+            args = _as_args(raw)
+            if td is not None:
+                td.check_args(args)
+            _check_json(args)
+            priority = first.priority
+            if per_task_priority:
+                default = self.settings.default_priority
+                priority = resolve_priority(rules, name, first.queue, first.labels, args, default)
+            new.append(_sibling(first, args, priority))
+        backend = await self.backend()
+        done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
+        return [TaskHandle(self, e.id, created=e.created) for e in done]
+
+    def submit_many(
+        self, name: str, args_list: Sequence[dict[str, Any]], opts: SubmitOptions | None = None
+    ) -> list[TaskHandle]:
+        return self.run_sync(self.submit_many_async(name, args_list, opts))
+
     async def enqueue_many_async(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
         """Submit several tasks atomically: all are stored, or none (``QueueFull``)."""
         now = time.time()
@@ -502,6 +541,32 @@ def describe_validation(exc: Any) -> str:
 # One shared encoder: ``json.dumps(..., allow_nan=False)`` builds a new encoder per call,
 # which was about half the cost of this check on every submit.
 _strict_json = json.JSONEncoder(allow_nan=False).encode
+
+
+def _as_args(args: Any) -> dict[str, Any]:
+    if not isinstance(args, dict):
+        raise InvalidInput(f"task args must be a JSON object (a dict of keyword arguments), got {type(args).__name__}")
+    return args
+
+
+def _sibling(first: NewTask, args: dict[str, Any], priority: int) -> NewTask:
+    """Another task like ``first`` with its own id, args and priority (bulk submits)."""
+    return NewTask(
+        id=new_id(),
+        name=first.name,
+        args=args,
+        queue=first.queue,
+        priority=priority,
+        run_at=first.run_at,
+        created_at=first.created_at,
+        labels=first.labels,
+        requires=first.requires,
+        depends_on=first.depends_on,
+        idempotency_key=None,
+        max_retries=first.max_retries,
+        timeout=first.timeout,
+        retry=first.retry,
+    )
 
 
 def _check_json(args: dict[str, Any]) -> None:

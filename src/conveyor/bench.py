@@ -143,6 +143,7 @@ def new_figures(workers: int = 2) -> dict[str, Figure]:
     figures = [
         Figure("submit_one", "submit, one at a time", "submits/s", 5_000),
         Figure("submit_batch", "submit, batches of 1,000", "submits/s", 50_000),
+        Figure("submit_map", "submit, bulk map of 1,000", "submits/s", 50_000),
         Figure("throughput_1", "throughput, 1 worker process", "tasks/s"),
         Figure(
             f"throughput_{workers}",
@@ -403,8 +404,8 @@ def percentile(values: Sequence[float], pct: float) -> float:
 # --- the measurements (one run each) -------------------------------------------------------
 
 
-async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float]:
-    """Submits per second: one at a time, then in batches."""
+async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float, float]:
+    """Submits per second: one at a time, in batches of specs, and bulk (``submit_many``)."""
     app = _make_app(place.url)
     try:
         opts = place.opts()
@@ -416,7 +417,11 @@ async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float]
         started = time.perf_counter()
         await enqueue(app, cfg.batch_n, place, batch=cfg.batch_size)
         batched = cfg.batch_n / (time.perf_counter() - started)
-        return one, batched
+        started = time.perf_counter()
+        for done in range(0, cfg.batch_n, cfg.batch_size):
+            await app.submit_many_async(NOOP, [{}] * min(cfg.batch_size, cfg.batch_n - done), opts)
+        mapped = cfg.batch_n / (time.perf_counter() - started)
+        return one, batched, mapped
     finally:
         await app.aclose()
 
@@ -523,9 +528,10 @@ async def run_session(url: str | None, cfg: BenchConfig, say: Callable[[str], No
 async def _one_run(name: str, cfg: BenchConfig, scratch: Scratch, run_no: int, fig: dict[str, Figure]) -> None:
     place = scratch.place(f"{name}-{run_no}")
     if name == "enqueue":
-        one, batched = await measure_enqueue(cfg, place)
+        one, batched, mapped = await measure_enqueue(cfg, place)
         fig["submit_one"].runs.append(one)
         fig["submit_batch"].runs.append(batched)
+        fig["submit_map"].runs.append(mapped)
     elif name == "throughput":
         for count in sorted({1, cfg.workers}):
             place = scratch.place(f"{name}-{count}w-{run_no}")

@@ -117,6 +117,13 @@ class TaskDef(Generic[P, R]):
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         return BoundTask(self, SubmitOptions()).submit(*args, **kwargs)
 
+    def map(self, kwargs_list: Sequence[dict[str, Any]]) -> list[TaskHandle]:
+        """Submit this task once per keyword-argument dict, atomically (bulk fan-out)."""
+        return self.app.submit_many(self.name, kwargs_list, SubmitOptions())
+
+    async def map_async(self, kwargs_list: Sequence[dict[str, Any]]) -> list[TaskHandle]:
+        return await self.app.submit_many_async(self.name, kwargs_list, SubmitOptions())
+
     async def submit_async(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         return await BoundTask(self, SubmitOptions()).submit_async(*args, **kwargs)
 
@@ -138,6 +145,12 @@ class BoundTask(Generic[P, R]):
     async def submit_async(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         _no_positional(args)
         return await self.task.app.submit_async(self.task.name, dict(kwargs), self.opts)
+
+    def map(self, kwargs_list: Sequence[dict[str, Any]]) -> list[TaskHandle]:
+        return self.task.app.submit_many(self.task.name, kwargs_list, self.opts)
+
+    async def map_async(self, kwargs_list: Sequence[dict[str, Any]]) -> list[TaskHandle]:
+        return await self.task.app.submit_many_async(self.task.name, kwargs_list, self.opts)
 
 
 def _no_positional(args: tuple[Any, ...]) -> None:

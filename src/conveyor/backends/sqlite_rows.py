@@ -64,6 +64,10 @@ def stamp(ts: float) -> str:
     return repr(ts)
 
 
+# The first history entry (transition ``enqueue``); states and times need no escaping.
+_FIRST_ENTRY = '[{"at":%s,"state":"%s","transition":"enqueue","worker_id":null,"reason":null}]'
+
+
 def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None) -> tuple[Any, ...]:
     """Positional parameters of the ``insert_task`` query; ``depends_on`` overrides
     the task's own list (after idempotent repeats were mapped to their first task)."""
@@ -83,7 +87,7 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         task.timeout,
         dump_policy(task.retry),
         task.created_at,
-        stamp(task.created_at),
+        _FIRST_ENTRY % (stamp(task.created_at), state.value),
         task.workflow_id,
         task.workflow_key,
     )

@@ -9,16 +9,14 @@
 -- lease and worker_id; entering a terminal state sets finished_at.
 
 -- name: insert_task
--- Positional, for executemany: see sqlite_rows.insert_row.
+-- Positional, for executemany: see sqlite_rows.insert_row (which also writes the
+-- first history entry, as JSON text built in Python: cheaper than json_object per row).
 INSERT INTO tasks (
     id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
     idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
     workflow_id, workflow_key
 ) VALUES (
-    ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15,
-    json_array(json_object('at', json(?16), 'state', ?6, 'transition', 'enqueue',
-                           'worker_id', NULL, 'reason', NULL)),
-    ?17, ?18
+    ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18
 );
 
 -- name: insert_dep
