@@ -20,6 +20,7 @@ from rich.console import Console
 
 from conveyor.app import Conveyor
 from conveyor.backends.base import TaskFilter
+from conveyor.cli.render import tasks_table
 from conveyor.config import load_settings
 from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.models import QUEUE_PATTERN, Page, QueueInfo, Stats, Task, WorkerInfo
@@ -110,6 +111,21 @@ def open_client(url: str | None, api: str | None = None, token: str | None = Non
 def print_json(data: Any) -> None:
     """Write ``data`` (models, lists of models, plain JSON) to stdout as JSON."""
     sys.stdout.write(json.dumps(to_jsonable(data), indent=2) + "\n")
+
+
+def print_page(page: Page, as_json: bool, noun: str, *, dlq: bool = False) -> None:
+    """A page of tasks as JSON (cursor on stderr) or as a table (cursor hint after it)."""
+    if as_json:
+        print_json(page.items)
+        if page.next_cursor:
+            err.print(f"next cursor: {page.next_cursor}")
+        return
+    if not page.items:
+        out.print(f"no {noun} match")
+        return
+    out.print(tasks_table(page.items, title=f"{len(page.items)} {noun}", dlq=dlq, width=out.width))
+    if page.next_cursor:
+        out.print(f"more: --cursor {page.next_cursor}")
 
 
 def to_jsonable(data: Any) -> Any:

@@ -13,13 +13,13 @@ from conveyor.cli.common import (
     TokenOpt,
     UrlOpt,
     connect,
-    err,
     open_client,
     out,
     parse_queue,
     print_json,
+    print_page,
 )
-from conveyor.cli.render import queues_table, stats_view, tasks_table, workers_table
+from conveyor.cli.render import queues_table, stats_view, workers_table
 from conveyor.errors import InvalidInput
 from conveyor.states import State
 
@@ -114,17 +114,7 @@ def dlq_list(
     flt = TaskFilter(state=State.FAILED, queue=parse_queue(queue), name=name)
     with open_client(url, api, token) as app:
         page = app.list_tasks(flt, limit, cursor)
-    if as_json:
-        print_json(page.items)
-        if page.next_cursor:
-            err.print(f"next cursor: {page.next_cursor}")
-        return
-    if not page.items:
-        out.print("no dead letters match")
-        return
-    out.print(tasks_table(page.items, title=f"{len(page.items)} dead letters", dlq=True, width=out.width))
-    if page.next_cursor:
-        out.print(f"more: --cursor {page.next_cursor}")
+    print_page(page, as_json, "dead letters", dlq=True)
 
 
 @dlq.command("replay")

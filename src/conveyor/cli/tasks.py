@@ -23,8 +23,9 @@ from conveyor.cli.common import (
     parse_queue,
     parse_state,
     print_json,
+    print_page,
 )
-from conveyor.cli.render import state_text, task_view, tasks_table
+from conveyor.cli.render import state_text, task_view
 from conveyor.errors import InvalidInput
 from conveyor.models import Task
 from conveyor.task import SubmitOptions
@@ -156,17 +157,7 @@ def list_tasks(
     flt = TaskFilter(state=parse_state(state), queue=parse_queue(queue), name=name, label=label)
     with open_client(url, api, token) as app:
         page = app.list_tasks(flt, limit, cursor)
-    if as_json:
-        print_json(page.items)
-        if page.next_cursor:
-            err.print(f"next cursor: {page.next_cursor}")
-        return
-    if not page.items:
-        out.print("no tasks match")
-        return
-    out.print(tasks_table(page.items, title=f"{len(page.items)} tasks", width=out.width))
-    if page.next_cursor:
-        out.print(f"more: --cursor {page.next_cursor}")
+    print_page(page, as_json, "tasks")
 
 
 def cancel(
