@@ -32,6 +32,15 @@ Rules every engine keeps (``tests/contract/`` checks them all, on every engine):
   ``pending`` on ``task_reap_expired`` (the attempt still counts); if the task has
   no attempts left (``attempts > max_retries``) it goes to ``failed`` with reason
   ``retries_exhausted`` instead, so a task that kills its worker cannot loop forever.
+* Dependencies are settled by the engine, never by a poller: a task with unfinished
+  ``depends_on`` parents is stored ``waiting``; the step that completes its last
+  parent moves it to ``pending`` (``deps_succeeded``), and a parent that fails or is
+  cancelled fails it with ``dependency_failed``, down the graph, in the same step.
+  An unknown parent id raises ``TaskNotFound`` and stores nothing.
+* A task's history starts with an ``enqueue`` entry in its initial state. Leaving
+  ``running`` clears ``worker_id``, ``lease_expires_at`` and the token (the history
+  keeps who ran each attempt); success clears ``error``. Replay sets ``run_at`` to
+  now and clears ``result``, ``error``, ``failure_reason`` and the start/finish times.
 
 Admin listings, workers and migrations are separate small protocols; ``Backend`` is
 their union, and ``conveyor.backends.open_backend(url)`` builds one from a URL.
