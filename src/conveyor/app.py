@@ -409,10 +409,11 @@ class Conveyor:
     async def retry_async(self, task_id: str) -> Task:
         """Replay one failed task (``InvalidStateTransition`` unless it is ``failed``)."""
         backend = await self.backend()
-        task = await backend.task_get(task_id)
-        states.check(task.state, "replay", task_id)
-        await backend.task_replay(TaskFilter(ids=[task_id]))
-        return await backend.task_get(task_id)
+        replayed = await backend.task_replay(TaskFilter(ids=[task_id]))  # guarded by state
+        task = await backend.task_get(task_id)  # TaskNotFound for an unknown id
+        if not replayed:
+            states.check(task.state, "replay", task_id)  # says why it was refused
+        return task
 
     def retry(self, task_id: str) -> Task:
         return self.run_sync(self.retry_async(task_id))

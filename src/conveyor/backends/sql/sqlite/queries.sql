@@ -8,6 +8,12 @@
 -- differ from updated_at in the last microseconds. Leaving "running" clears the
 -- lease and worker_id; entering a terminal state sets finished_at.
 
+-- name: drop_lease
+-- A fragment for every transition out of "running": the lease and its holder go.
+worker_id = NULL,
+lease_token = NULL,
+lease_expires_at = NULL,
+
 -- name: insert_task
 -- Positional, for executemany: see sqlite_rows.insert_row (which also writes the
 -- first history entry, as JSON text built in Python: cheaper than json_object per row).
@@ -131,9 +137,7 @@ UPDATE tasks SET
     error = NULL,
     finished_at = ?5,
     updated_at = ?5,
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:complete},
         'transition', 'complete', 'worker_id', coalesce(?7, worker_id), 'reason', NULL))
 WHERE id = ?1 AND lease_token = ?2 AND state {from:complete};
@@ -144,9 +148,7 @@ UPDATE tasks SET
     run_at = ?3,
     error = ?4,
     updated_at = ?5,
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:retry},
         'transition', 'retry', 'worker_id', coalesce(?7, worker_id),
         'reason', json_extract(?4, '$.type') || ': ' || json_extract(?4, '$.message')))
@@ -159,9 +161,7 @@ UPDATE tasks SET
     error = ?4,
     finished_at = ?5,
     updated_at = ?5,
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     history = json_insert(history, '$[#]', json_object('at', json(?6), 'state', {to:fail},
         'transition', 'fail', 'worker_id', coalesce(?7, worker_id), 'reason', ?3))
 WHERE id = ?1 AND lease_token = ?2 AND state {from:fail};
@@ -239,9 +239,7 @@ RETURNING id;
 UPDATE tasks SET
     state = {to:release},
     attempts = max(attempts - ?3, 0),
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     updated_at = ?4,
     history = json_insert(history, '$[#]', json_object('at', json(?7), 'state', {to:release},
         'transition', 'release', 'worker_id', ?5, 'reason', ?6))
@@ -260,9 +258,7 @@ UPDATE tasks SET
                      'traceback', NULL, 'retryable', json('true'))
                  ELSE error END,
     finished_at = CASE WHEN attempts > max_retries THEN :now ELSE finished_at END,
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     updated_at = :now,
     history = json_insert(history, '$[#]', json_object('at', json(:at),
         'state', CASE WHEN attempts > max_retries THEN {to:lease_expired_final}
@@ -283,9 +279,7 @@ UPDATE tasks SET
     state = {to:cancel},
     finished_at = :now,
     updated_at = :now,
-    worker_id = NULL,
-    lease_token = NULL,
-    lease_expires_at = NULL,
+    {include:drop_lease}
     history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:cancel},
         'transition', 'cancel', 'worker_id', NULL, 'reason', :reason))
 WHERE id = :id AND state {from:cancel}
@@ -362,9 +356,7 @@ error = NULL,
 failure_reason = NULL,
 started_at = NULL,
 finished_at = NULL,
-worker_id = NULL,
-lease_token = NULL,
-lease_expires_at = NULL,
+{include:drop_lease}
 updated_at = :now,
 history = json_insert(history, '$[#]', json_object('at', json(:at), 'state', {to:replay},
     'transition', 'replay', 'worker_id', NULL, 'reason', 'replayed'))
