@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends import Backend, make_backend
+from tests.services import drop_store
 
 from .helpers import format_url, url_params
 
@@ -38,6 +39,7 @@ async def open_backend(backend_url: str) -> AsyncIterator[OpenBackend]:
     yield _open
     for backend in reversed(opened):
         await backend.close()
+    drop_store(backend_url)
 
 
 @pytest.fixture

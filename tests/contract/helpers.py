@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.backends import SCHEMES
 from conveyor.backends.base import (
     Backend,
     CancelParams,
@@ -25,19 +26,57 @@ from conveyor.ids import new_id
 from conveyor.models import ClaimedTask, NewTask, Task, TaskError, WorkerInfo
 from conveyor.retry import RetryPolicy
 from conveyor.states import FailureReason, State
+from tests import services
 
 #: URL templates every contract test runs against; ``{name}`` is unique per test and
-#: ``{tmp}`` is a fresh temporary directory. ``CONVEYOR_TEST_URLS`` adds more
-#: (comma-separated), e.g. ``postgresql://localhost/conveyor_test?schema={name}``.
+#: ``{tmp}`` is a fresh temporary directory. The server engines join when their
+#: server answers (``tests/services.py`` starts or installs it); ``CONVEYOR_TEST_URLS``
+#: adds more (comma-separated), e.g. ``postgresql://otherhost/db?schema={name}``.
 BUILTIN_URLS = {
     "memory": "memory://{name}",
     "sqlite": "sqlite:///{tmp}/contract.db",
 }
 
 
+def engine_urls() -> dict[str, str]:
+    """Engine -> URL template for every engine this run tests that processes can share
+    (the sharded rings included; ``url_params`` adds the in-process ones)."""
+    urls = dict(BUILTIN_URLS)
+    if "postgresql" in SCHEMES and (pg := services.postgres_url()) is not None:
+        urls["postgresql"] = pg
+    if "redis" in SCHEMES and (rd := services.redis_url()) is not None:
+        urls["redis"] = rd
+    urls["shards-sqlite"] = "shards+sqlite:///{tmp}/s1.db,/{tmp}/s2.db"
+    for engine in ("postgresql", "redis"):
+        if engine in urls:
+            urls[f"shards-{engine}"] = sharded_template(urls[engine])
+    return urls
+
+
+#: the sharded engine (``docs/sharding.md``) over in-process stores: contract tests only,
+#: as worker subprocesses cannot share it (``engine_urls`` lists the shareable rings)
+SHARDED_MEMORY_URL = "shards+memory://{name}-a,{name}-b,{name}-c"
+
+
+def sharded_template(template: str, shards: int = 2) -> str:
+    """A ring of ``shards`` stores on the server ``template`` names: ``{name}`` gets a suffix per shard."""
+    scheme, rest = template.split("://", 1)
+    return f"shards+{scheme}://" + ",".join(rest.replace("{name}", f"{{name}}_s{i}") for i in range(shards))
+
+
+def single_store_only(url: str, why: str) -> None:
+    """Skip on the sharded engine a rule that holds within one store but not ring-wide.
+
+    Each use names the reason; ``docs/sharding.md`` lists them all ("Limits").
+    """
+    if url.lower().startswith("shards+"):
+        pytest.skip(f"holds within one store, not across shards: {why}")
+
+
 def url_params() -> list[Any]:
     """``pytest.param`` per engine URL template, id'd by engine."""
-    params = [pytest.param(url, id=engine) for engine, url in BUILTIN_URLS.items()]
+    params = [pytest.param(url, id=engine) for engine, url in engine_urls().items()]
+    params.append(pytest.param(SHARDED_MEMORY_URL, id="shards-memory"))
     extra = [u.strip() for u in os.environ.get("CONVEYOR_TEST_URLS", "").split(",") if u.strip()]
     for i, url in enumerate(extra):
         params.append(pytest.param(url, id=f"{url.split(':', 1)[0]}-{i}"))

@@ -12,7 +12,7 @@ from conveyor.priority import Band
 from conveyor.retry import RetryPolicy
 from conveyor.states import State
 
-from .helpers import all_tasks, claim_one, complete, enqueue, new_task
+from .helpers import all_tasks, claim_one, complete, enqueue, new_task, single_store_only
 
 
 async def test_enqueue_returns_ids_and_states_in_submit_order(backend: Backend) -> None:
@@ -177,6 +177,7 @@ async def test_queue_full_batch_does_not_claim_its_idempotency_keys(backend: Bac
 
 
 async def test_enqueue_of_an_existing_id_raises_task_exists_and_stores_nothing(backend: Backend) -> None:
+    single_store_only(backend.url, "a batch is atomic per shard, so another shard keeps its part")
     t = new_task()
     await enqueue(backend, t)
     fresh = new_task()

@@ -11,7 +11,7 @@ from conveyor.errors import InvalidInput, TaskNotFound
 from conveyor.features.flow import BreakerState, QueueUpdate
 from conveyor.states import FailureReason
 
-from .helpers import claim, complete, enqueue, fail, new_task, retry, submit
+from .helpers import claim, complete, enqueue, fail, new_task, retry, single_store_only, submit
 
 
 async def _fill(backend: Backend, n: int, **overrides: object) -> list[str]:
@@ -86,6 +86,7 @@ async def test_paused_queue_shows_in_queue_list_even_when_empty(backend: Backend
 
 
 async def test_queue_rate_limit_spaces_claims_and_reports_when_more_are_allowed(backend: Backend) -> None:
+    single_store_only(backend.url, "rate limits are enforced per shard (each shard has its own bucket)")
     await _fill(backend, 5, queue="r")
     await backend.queue_update(QueueUpdate("r", rate_limit="2/s"))
     t0 = time.time()
@@ -98,6 +99,7 @@ async def test_queue_rate_limit_spaces_claims_and_reports_when_more_are_allowed(
 
 
 async def test_rate_limit_never_exceeds_its_count_in_any_window(backend: Backend) -> None:
+    single_store_only(backend.url, "rate limits are enforced per shard (each shard has its own bucket)")
     await _fill(backend, 60, queue="r")
     await backend.queue_update(QueueUpdate("r", rate_limit="5/m"))
     t0, starts = time.time(), []
@@ -115,6 +117,7 @@ async def test_high_rate_limit_allows_a_burst_per_claim(backend: Backend) -> Non
 
 
 async def test_task_name_rate_limit_holds_that_name_only(backend: Backend) -> None:
+    single_store_only(backend.url, "rate limits are enforced per shard (each shard has its own bucket)")
     await _fill(backend, 3, name="slow.task", priority=9)
     fast = await _fill(backend, 3, name="fast.task", priority=1)
     await backend.queue_update(QueueUpdate("slow.task", kind="task", rate_limit="1/m"))
@@ -127,6 +130,7 @@ async def test_task_name_rate_limit_holds_that_name_only(backend: Backend) -> No
 
 
 async def test_queue_concurrency_limit_counts_running_tasks_across_workers(backend: Backend) -> None:
+    single_store_only(backend.url, "concurrency limits count the running tasks of each shard")
     await _fill(backend, 5, queue="c")
     await backend.queue_update(QueueUpdate("c", concurrency=2))
     a = await claim(backend, 10, worker_id="w1")
@@ -137,6 +141,7 @@ async def test_queue_concurrency_limit_counts_running_tasks_across_workers(backe
 
 
 async def test_task_concurrency_limit_does_not_block_other_names_behind_it(backend: Backend) -> None:
+    single_store_only(backend.url, "concurrency limits count the running tasks of each shard")
     await _fill(backend, 4, name="heavy", priority=9)
     light = await _fill(backend, 2, name="light", priority=1)
     await backend.queue_update(QueueUpdate("heavy", kind="task", concurrency=1))
@@ -147,6 +152,7 @@ async def test_task_concurrency_limit_does_not_block_other_names_behind_it(backe
 
 
 async def test_released_and_retried_tasks_free_their_concurrency_slot(backend: Backend) -> None:
+    single_store_only(backend.url, "concurrency limits count the running tasks of each shard")
     await _fill(backend, 3, queue="c")
     await backend.queue_update(QueueUpdate("c", concurrency=1))
     (first,) = await claim(backend, 10)
@@ -167,6 +173,7 @@ async def test_limits_still_respect_worker_tags(backend: Backend) -> None:
 
 
 async def _open_breaker(backend: Backend, name: str, threshold: int = 2, cooldown: float = 10.0) -> None:
+    single_store_only(backend.url, "breakers count the failures on each shard")
     await backend.queue_update(QueueUpdate(name, kind="task", breaker_threshold=threshold, breaker_cooldown=cooldown))
     for _ in range(threshold):
         (t,) = await claim(backend, 1)
@@ -207,6 +214,7 @@ async def test_failed_probe_reopens_the_breaker(backend: Backend) -> None:
 
 
 async def test_success_resets_the_consecutive_failure_count(backend: Backend) -> None:
+    single_store_only(backend.url, "breakers count the failures on each shard")
     await _fill(backend, 4, name="flaky")
     await backend.queue_update(QueueUpdate("flaky", kind="task", breaker_threshold=2))
     a, b, c = await claim(backend, 3)
@@ -220,6 +228,7 @@ async def test_success_resets_the_consecutive_failure_count(backend: Backend) ->
 
 
 async def test_aging_lifts_an_old_low_task_above_new_high_ones(backend: Backend) -> None:
+    single_store_only(backend.url, "claim order holds within each shard, not across shards")
     now = time.time()
     low = await submit(backend, priority=0, run_at=now - 20, created_at=now - 20)
     await _fill(backend, 3, priority=10, run_at=now, created_at=now)
@@ -244,6 +253,7 @@ async def _starvation_run(backend: Backend, aging: float | None) -> int | None:
 
 
 async def test_without_aging_a_low_task_starves_behind_a_stream_of_high_ones(backend: Backend) -> None:
+    single_store_only(backend.url, "a shard without high tasks hands out the low one: claim order is per shard")
     assert await _starvation_run(backend, None) is None
 
 
@@ -256,6 +266,7 @@ async def test_with_aging_a_low_task_is_not_starved(backend: Backend) -> None:
 
 
 async def test_task_ahead_counts_pending_tasks_before_it_in_its_queue(backend: Backend) -> None:
+    single_store_only(backend.url, "task_ahead counts the tasks ahead on the task's own shard")
     ids = await _fill(backend, 3)
     high = await submit(backend, priority=9)
     await submit(backend, queue="elsewhere", priority=10)

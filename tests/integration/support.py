@@ -143,6 +143,7 @@ def spawn_worker(
     queues: Iterable[str] = (),
     env: dict[str, str] | None = None,
     app_path: str = APP_PATH,
+    extra_args: Iterable[str] = (),
 ) -> WorkerProcess:
     """Start one worker subprocess on ``url``; its output goes to a log in ``workdir``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -158,7 +159,7 @@ def spawn_worker(
     log = workdir / f"worker-{n}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            worker_command(app_path, concurrency, pool, queues),
+            [*worker_command(app_path, concurrency, pool, queues), *extra_args],
             cwd=workdir,
             env=full_env,
             stdout=out,

@@ -9,6 +9,7 @@ import contextlib
 import sqlite3
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,13 +20,22 @@ import pytest
 from conveyor import states
 from conveyor.backends import make_backend
 from conveyor.backends import sqlite as sqlite_module
-from conveyor.backends.base import ClaimParams, EnqueueParams, ListParams, WaitParams
+from conveyor.backends.base import (
+    CancelParams,
+    ClaimParams,
+    EnqueueParams,
+    ListParams,
+    Outcome,
+    TaskFilter,
+    WaitParams,
+)
 from conveyor.backends.sqlfiles import load_migrations, parse_queries, render
 from conveyor.backends.sqlite import SqliteBackend, parse_url
-from conveyor.backends.sqlite_ops import Q
+from conveyor.backends.sqlite_ops import Q, TaskOps
 from conveyor.errors import BackendUnavailable, InvalidInput
 from conveyor.ids import new_id
 from conveyor.models import NewTask
+from conveyor.states import FailureReason
 
 
 def _task(queue: str = "default", priority: int = 5) -> NewTask:
@@ -119,6 +129,26 @@ async def test_database_runs_in_wal_mode_with_normal_sync_and_a_busy_timeout(bac
     assert await _on_connection(backend, "PRAGMA busy_timeout") == 5000
 
 
+async def test_one_by_one_submits_leave_wal_checkpoints_to_the_connection_thread(
+    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "FAST_CHECKPOINT_EVERY", 10)
+    threads: list[str] = []
+    real = TaskOps.checkpoint
+
+    def checkpoint(self: TaskOps) -> None:
+        threads.append(threading.current_thread().name)
+        real(self)
+
+    monkeypatch.setattr(TaskOps, "checkpoint", checkpoint)
+    assert backend._fast_ops is not None
+    assert backend._fast_ops.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for _ in range(25):
+        await backend.task_enqueue_many(EnqueueParams([_task()]))
+    await backend._run(lambda: None)  # the executor is FIFO: queued checkpoints ran
+    assert len(threads) == 2 and all(name.startswith("conveyor-sqlite") for name in threads)
+
+
 async def test_migrations_are_recorded_and_applied_once(url: str, backend: SqliteBackend) -> None:
     names = [name for name, _ in load_migrations("sqlite")]
     assert names and names[0] == "0001_init"
@@ -194,6 +224,30 @@ async def test_partial_indexes_spell_the_states_the_queries_use(url: str, backen
     assert sql["tasks_ready"].endswith(render("WHERE state {from:claim}"))
     assert sql["tasks_due"].endswith(render("WHERE state {from:due}"))
     assert sql["tasks_leases"].endswith(render("WHERE state = {to:claim}"))
+
+
+async def test_task_counts_follow_every_change_of_the_tasks_table(url: str, backend: SqliteBackend) -> None:
+    tasks = [_task(queue=q, priority=p) for q in ("a", "b") for p in (1, 5, 9) for _ in range(3)]
+    await backend.task_enqueue_many(EnqueueParams(tasks))
+    claimed = (await backend.task_claim(ClaimParams("w", 7, 30.0))).tasks
+    done = [Outcome(t.id, t.lease_token, "complete") for t in claimed[:3]]
+    failed = [Outcome(t.id, t.lease_token, "fail", failure_reason=FailureReason.PERMANENT_ERROR) for t in claimed[3:5]]
+    assert await backend.task_finish_many(done + failed) == [True] * 5
+    await backend.task_cancel(CancelParams(tasks[-1].id))
+    assert await backend.task_purge(TaskFilter(queue="a")) >= 0
+    assert await backend.task_replay(TaskFilter(queue="b")) >= 0
+    with _raw(url) as db:
+        real = sorted(db.execute("SELECT queue, state, priority, count(*) FROM tasks GROUP BY 1, 2, 3"))
+        kept = sorted(db.execute("SELECT queue, state, priority, n FROM task_counts WHERE n != 0"))
+    assert kept == real and len(real) > 4
+
+
+async def test_the_dead_letter_listing_reads_its_partial_index(url: str, backend: SqliteBackend) -> None:
+    args = {"queue": None, "name": None, "label": None, "cursor": None, "limit": 10}
+    with _raw(url) as db:
+        plan = _plan(db, Q["list_dead"], **args)
+    assert any("USING INDEX tasks_dead" in text for _, _, text in plan), plan
+    assert not any(text.startswith("SCAN tasks") and "INDEX" not in text for _, _, text in plan), plan
 
 
 def _plan(db: sqlite3.Connection, query: str, **params: Any) -> list[tuple[int, int, str]]:

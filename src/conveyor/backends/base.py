@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from conveyor.features.flow import FlowControl, QueueUpdate
 from conveyor.models import (
@@ -77,13 +77,41 @@ class EnqueueParams:
     max_length: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    """Outcome of one submitted task: its id and whether this call created it."""
+class Enqueued(NamedTuple):
+    """Outcome of one submitted task: its id and whether this call created it (a
+    named tuple: one per task of a bulk submit, and cheaper to build than a frozen
+    dataclass)."""
 
     id: str
     state: State
     created: bool
+
+
+def split_repeats(
+    tasks: Sequence[NewTask], seen: dict[tuple[str, str], tuple[str, State]]
+) -> tuple[list[tuple[NewTask, State]], list[Enqueued], dict[str, str]]:
+    """Split off repeats of an idempotency key, stored (``seen``: ``(queue, key)`` to the
+    stored task's id and state, as the engine found them) or earlier in this batch.
+
+    Returns the tasks to insert with their initial state, every task's result in
+    submit order, and the id of each repeat mapped to its first task's (a dependency
+    on a repeat means that task). ``seen`` is extended with the batch's own keys.
+    """
+    fresh: list[tuple[NewTask, State]] = []
+    results: list[Enqueued] = []
+    alias: dict[str, str] = {}
+    for t in tasks:
+        state = t.initial_state
+        if t.idempotency_key is not None:
+            hit = seen.get((t.queue, t.idempotency_key))
+            if hit is not None:
+                results.append(Enqueued(hit[0], hit[1], False))
+                alias[t.id] = hit[0]
+                continue
+            seen[(t.queue, t.idempotency_key)] = (t.id, state)
+        fresh.append((t, state))
+        results.append(Enqueued(t.id, state, True))
+    return fresh, results, alias
 
 
 @dataclass(frozen=True, slots=True)

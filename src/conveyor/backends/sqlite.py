@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -49,6 +50,7 @@ from conveyor.errors import BackendUnavailable, InvalidInput
 from conveyor.features.flow import FlowControl, QueueUpdate
 from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo
 
+log = logging.getLogger("conveyor.sqlite")
 T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -139,11 +141,18 @@ def connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
+def _log_checkpoint_error(future: Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("WAL checkpoint failed (the next one retries): %s", exc)
+
+
 class _Busy(Exception):
     """The write lock was taken and this connection does not wait for it."""
 
 
 FAST_SUBMIT_MAX = 64  # tasks; larger batches run on the connection thread
+FAST_CHECKPOINT_EVERY = 500  # fast commits between two checkpoints (the WAL default is ~1000 pages)
 
 
 def _unavailable(exc: sqlite3.Error, path: str, busy_timeout_ms: int) -> BackendUnavailable:
@@ -174,6 +183,7 @@ class SqliteBackend:
         self._admin: AdminOps | None = None
         self._notifier = Notifier()
         self._seen_seq = 0
+        self._fast_commits = 0
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -223,7 +233,11 @@ class SqliteBackend:
             # A second connection, used on the loop thread, that never waits for the
             # write lock: a short submit skips the hop to the connection thread (the
             # largest cost of a one-by-one submit) and falls back to it when busy.
-            self._fast_ops = TaskOps(connect(self.path, 0), self._notifier.notify)
+            fast = connect(self.path, 0)
+            # Checkpoints copy the WAL into the file and fsync: never on the loop thread.
+            # The connection thread runs one every FAST_CHECKPOINT_EVERY fast commits.
+            fast.execute("PRAGMA wal_autocheckpoint=0")
+            self._fast_ops = TaskOps(fast, self._notifier.notify)
         except BaseException:
             await self.close()
             raise
@@ -251,10 +265,23 @@ class SqliteBackend:
         fast = self._fast_ops
         if fast is not None and len(params.tasks) <= FAST_SUBMIT_MAX:
             try:
-                return self._guarded(fast.task_enqueue_many, params, busy_ok=True)
+                done = self._guarded(fast.task_enqueue_many, params, busy_ok=True)
             except _Busy:
                 pass  # another connection holds the write lock: wait for it off the loop
+            else:
+                self._fast_commits += 1
+                if self._fast_commits >= FAST_CHECKPOINT_EVERY:
+                    self._fast_commits = 0
+                    self._checkpoint_soon()
+                return done
         return await self._run(self.ops.task_enqueue_many, params)
+
+    def _checkpoint_soon(self) -> None:
+        """A passive WAL checkpoint on the connection thread, not awaited (the fast
+        connection's commits skip the automatic one, see ``open``)."""
+        if self._executor is not None and self._ops is not None:
+            future = self._executor.submit(self._guarded, self._ops.checkpoint)
+            future.add_done_callback(_log_checkpoint_error)
 
     async def task_claim(self, params: ClaimParams) -> Claim:
         self._seen_seq = self._notifier.seq  # a later same-process wake-up is not missed

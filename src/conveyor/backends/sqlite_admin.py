@@ -12,8 +12,9 @@ from typing import Any
 from conveyor import states
 from conveyor.backends import sqlite_flow
 from conveyor.backends.base import ListParams, TaskFilter
+from conveyor.backends.codec import dump
 from conveyor.backends.sqlite_ops import Connection, Q
-from conveyor.backends.sqlite_rows import dump, stamp, task_from_row, worker_from_row, worker_row
+from conveyor.backends.sqlite_rows import stamp, task_from_row, worker_from_row, worker_row
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
 from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
@@ -46,7 +47,12 @@ class AdminOps(Connection):
         """Newest first; ``next_cursor`` is the last id when another page follows."""
         limit = max(1, p.limit)
         args = _filter_args(p.filter) | {"state": p.filter.state, "cursor": p.cursor, "limit": limit + 1}
-        query = Q["list_tasks"] if p.filter.ids is None else Q["list_tasks_by_ids"]
+        if p.filter.ids is not None:
+            query = Q["list_tasks_by_ids"]
+        elif p.filter.state is State.FAILED:
+            query = Q["list_dead"]  # the DLQ: a partial index instead of a walk of every task
+        else:
+            query = Q["list_tasks"]
         with self._read() as cur:
             rows = cur.execute(query, args).fetchall()
         items = [task_from_row(row) for row in rows[:limit]]
@@ -105,8 +111,8 @@ class AdminOps(Connection):
             return int(cur.execute(Q["task_ahead"], keys).fetchone()[0])
 
     def _queues(self, cur: sqlite3.Cursor) -> list[QueueInfo]:
-        """Counts from two GROUP BYs over covering indexes; bands from priorities here,
-        so ``conveyor.priority`` stays the one place that defines them."""
+        """Counts from the trigger-kept ``task_counts`` (a few rows); bands from priorities
+        here, so ``conveyor.priority`` stays the one place that defines them."""
         queues: dict[str, QueueInfo] = {}
         for queue, state, count in cur.execute(Q["queue_counts"]):
             info = queues.setdefault(queue, _empty_queue(queue))

@@ -10,12 +10,13 @@ and aging is off, ``sqlite_ops`` takes its plain one-statement path.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor.backends.base import ClaimParams, Outcome
+from conveyor.backends.codec import dump, dump_list
 from conveyor.backends.sqlfiles import load_queries
-from conveyor.backends.sqlite_rows import dump, dump_list
 from conveyor.features.flow import (
     AGING_LEVELS,
     BreakerState,
@@ -84,11 +85,17 @@ def claim_controlled(
     the batch is full, nothing is left, or a round neither took a task nor blocked a key.
     """
     gate = ClaimGate(loaded[0], loaded[1], now)
+    if not p.aging_interval and gate.ample(p.limit):
+        rows = claim_plain(cur, p, args)
+        for (queue, name), count in Counter((row[3], row[1]) for row in rows).items():
+            gate.take(queue, name, count)  # spend the budgets; none can refuse (see ClaimGate.ample)
+        save_state(cur, gate.commit())
+        return rows, gate.wake
     queues = list(p.queues) or [row[0] for row in cur.execute(Q["ready_queues"])]
     query = Q["flow_candidates_aged"] if p.aging_interval else Q["flow_candidates"]
     levels = dump(AGING_LEVELS)
     tags = dump_list(p.tags)
-    rows: list[Any] = []
+    rows = []
     while len(rows) < p.limit:
         open_queues = [q for q in queues if q not in gate.blocked_queues]
         if not open_queues:
@@ -116,6 +123,13 @@ def claim_controlled(
             break
     save_state(cur, gate.commit())
     return rows, gate.wake
+
+
+def claim_plain(cur: sqlite3.Cursor, p: ClaimParams, args: dict[str, Any]) -> list[Any]:
+    """The one-statement claim (no gate): the RETURNING rows of ``claim_queues``/``claim_all``."""
+    if p.queues:
+        return cur.execute(Q["claim_queues"], args | {"queues": dump(list(p.queues))}).fetchall()
+    return cur.execute(Q["claim_all"], args).fetchall()
 
 
 def record_breakers(cur: sqlite3.Cursor, outcomes: Sequence[Outcome], applied: Sequence[bool], now: float) -> None:

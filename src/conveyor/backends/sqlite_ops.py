@@ -27,12 +27,12 @@ from conveyor.backends.base import (
     Outcome,
     ReapParams,
     ReleaseParams,
+    split_repeats,
 )
+from conveyor.backends.codec import dump, dump_list
 from conveyor.backends.sqlfiles import load_migrations, load_queries
 from conveyor.backends.sqlite_rows import (
     claimed_from_row,
-    dump,
-    dump_list,
     insert_row,
     outcome_row,
     stamp,
@@ -113,6 +113,10 @@ class TaskOps(Connection):
         super().__init__(conn, notify)
         self.seen_version: int | None = None  # PRAGMA data_version before the last claim
 
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, without waiting on readers."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def data_version(self) -> int:
         """Changes whenever another connection commits to the file."""
         row = self.conn.execute(Q["data_version"]).fetchone()
@@ -136,6 +140,8 @@ class TaskOps(Connection):
                 cur.executemany(Q["insert_task"], rows)
             except sqlite3.IntegrityError as exc:
                 raise TaskExists(f"a task with one of these ids already exists ({exc})") from exc
+            added = Counter((t.queue, state.value, t.priority) for t, state in fresh)
+            cur.executemany(Q["count_new"], [(*key, n) for key, n in added.items()])
             if deps:
                 changed = self._link_dependencies(cur, deps)
                 results = [Enqueued(e.id, changed.get(e.id, e.state), e.created) for e in results]
@@ -146,32 +152,13 @@ class TaskOps(Connection):
     def _dedupe(
         self, cur: sqlite3.Cursor, tasks: Sequence[NewTask]
     ) -> tuple[list[tuple[NewTask, State]], list[Enqueued], dict[str, str]]:
-        """Split off repeats of an idempotency key, stored or earlier in this batch.
-
-        Returns the tasks to insert with their initial state, every task's result,
-        and the id of each repeat mapped to its first task's (a dependency on a
-        repeat means that task).
-        """
+        """``split_repeats`` with the stored keys this batch names."""
         seen: dict[tuple[str, str], tuple[str, State]] = {}
         keyed = [[t.queue, t.idempotency_key] for t in tasks if t.idempotency_key is not None]
         if keyed:
             for queue, key, task_id, state in cur.execute(Q["find_idempotent"], {"keys": dump(keyed)}):
                 seen[(queue, key)] = (task_id, State(state))
-        fresh: list[tuple[NewTask, State]] = []
-        results: list[Enqueued] = []
-        alias: dict[str, str] = {}
-        for t in tasks:
-            state = t.initial_state
-            if t.idempotency_key is not None:
-                hit = seen.get((t.queue, t.idempotency_key))
-                if hit is not None:
-                    results.append(Enqueued(hit[0], hit[1], False))
-                    alias[t.id] = hit[0]
-                    continue
-                seen[(t.queue, t.idempotency_key)] = (t.id, state)
-            fresh.append((t, state))
-            results.append(Enqueued(t.id, state, True))
-        return fresh, results, alias
+        return split_repeats(tasks, seen)
 
     def _resolve_dependencies(
         self, cur: sqlite3.Cursor, fresh: list[tuple[NewTask, State]], alias: dict[str, str]
@@ -249,10 +236,7 @@ class TaskOps(Connection):
             if p.limit > 0 and (loaded[0] or p.aging_interval):
                 rows, wake = sqlite_flow.claim_controlled(cur, p, now, loaded, args)
             elif p.limit > 0:
-                if p.queues:
-                    rows = cur.execute(Q["claim_queues"], args | {"queues": dump(list(p.queues))}).fetchall()
-                else:
-                    rows = cur.execute(Q["claim_all"], args).fetchall()
+                rows = sqlite_flow.claim_plain(cur, p, args)
             due = self._next_due(cur, p.queues)
         if wake is not None:
             due = wake if due is None else min(due, wake)

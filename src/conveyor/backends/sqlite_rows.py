@@ -9,53 +9,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from functools import lru_cache
 from typing import Any
 
 from conveyor.backends.base import Outcome
-from conveyor.models import ClaimedTask, NewTask, Task, TaskError, WorkerInfo, WorkerState, to_dt
-from conveyor.priority import band_of
-from conveyor.retry import RetryPolicy
+from conveyor.backends.codec import (
+    dump,
+    dump_list,
+    dump_policy,
+    load_list,
+    load_policy,
+    task_from_decoded,
+    worker_from_decoded,
+)
+from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo
 from conveyor.states import State
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _decode = json.loads
-EMPTY_LIST = "[]"
-
-
-def dump(value: Any) -> str:
-    """Compact JSON text for a TEXT column."""
-    return _encode(value)
-
-
-def dump_list(values: list[str] | tuple[str, ...] | frozenset[str]) -> str:
-    """A JSON array; the empty one is a constant, the common case for labels and tags."""
-    return _encode(sorted(values) if isinstance(values, frozenset) else list(values)) if values else EMPTY_LIST
-
-
-def load_list(text: str) -> list[str]:
-    return [] if text == EMPTY_LIST else list(_decode(text))
-
-
-_policy_json: dict[tuple[Any, ...], str] = {}
-
-
-def dump_policy(policy: RetryPolicy) -> str:
-    """Policies repeat across tasks, so each is serialized once (keyed by its field
-    values: cheaper than hashing and comparing the pydantic model)."""
-    key = tuple(policy.__dict__.values())
-    text = _policy_json.get(key)
-    if text is None:
-        if len(_policy_json) >= 1024:
-            _policy_json.clear()
-        text = _policy_json[key] = policy.model_dump_json()
-    return text
-
-
-@lru_cache(maxsize=512)
-def load_policy(text: str) -> RetryPolicy:
-    """Shared instances are safe: ``RetryPolicy`` is frozen."""
-    return RetryPolicy.model_validate_json(text)
 
 
 def stamp(ts: float) -> str:
@@ -68,13 +37,28 @@ def stamp(ts: float) -> str:
 _FIRST_ENTRY = '[{"at":%s,"state":"%s","transition":"enqueue","worker_id":null,"reason":null}]'
 
 
+_last_entry: tuple[float, State | None, str] = (0.0, None, "")
+
+
+def first_entry(created_at: float, state: State) -> str:
+    """The history of a new task; a batch shares one ``created_at``, so the text of
+    the previous task is usually the right one."""
+    global _last_entry
+    last = _last_entry  # one read: the engine and the loop thread both get here
+    if last[0] == created_at and last[1] is state:
+        return last[2]
+    text = _FIRST_ENTRY % (stamp(created_at), state.value)
+    _last_entry = (created_at, state, text)
+    return text
+
+
 def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None) -> tuple[Any, ...]:
     """Positional parameters of the ``insert_task`` query; ``depends_on`` overrides
     the task's own list (after idempotent repeats were mapped to their first task)."""
     return (
         task.id,
         task.name,
-        _encode(task.args) if task.args else "{}",
+        dump(task.args) if task.args else "{}",
         task.queue,
         task.priority,
         state.value,
@@ -87,7 +71,7 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         task.timeout,
         dump_policy(task.retry),
         task.created_at,
-        _FIRST_ENTRY % (stamp(task.created_at), state.value),
+        first_entry(task.created_at, state),
         task.workflow_id,
         task.workflow_key,
     )
@@ -101,7 +85,7 @@ def outcome_row(o: Outcome, now: float) -> tuple[Any, ...]:
     finished = o.finished_at if o.finished_at is not None else now
     error = o.error.model_dump_json() if o.error is not None else None
     if o.kind == "complete":
-        payload: Any = _encode(o.result)
+        payload: Any = dump(o.result)
     elif o.kind == "retry":
         payload = o.run_at if o.run_at is not None else finished
     else:
@@ -131,45 +115,19 @@ def claimed_from_row(row: tuple[Any, ...], expires: float) -> ClaimedTask:
     )
 
 
+_JSON_COLUMNS = ("args", "history", "result", "error")
+_LIST_COLUMNS = ("labels", "requires", "depends_on")
+
+
 def task_from_row(row: sqlite3.Row) -> Task:
-    """A full ``tasks`` row (``SELECT *``) as the public model."""
-    error = row["error"]
-    result = row["result"]
-    history = _decode(row["history"])
-    for entry in history:
-        entry["at"] = to_dt(entry["at"])
-    return Task.model_validate(
-        {
-            "id": row["id"],
-            "name": row["name"],
-            "args": _decode(row["args"]),
-            "queue": row["queue"],
-            "priority": row["priority"],
-            "band": band_of(row["priority"]),
-            "state": row["state"],
-            "labels": load_list(row["labels"]),
-            "requires": load_list(row["requires"]),
-            "run_at": to_dt(row["run_at"]),
-            "depends_on": load_list(row["depends_on"]),
-            "idempotency_key": row["idempotency_key"],
-            "max_retries": row["max_retries"],
-            "timeout": row["timeout"],
-            "retry": load_policy(row["retry"]),
-            "attempts": row["attempts"],
-            "result": None if result is None else _decode(result),
-            "error": None if error is None else TaskError.model_validate_json(error),
-            "failure_reason": row["failure_reason"],
-            "worker_id": row["worker_id"],
-            "lease_expires_at": to_dt(row["lease_expires_at"]),
-            "created_at": to_dt(row["created_at"]),
-            "started_at": to_dt(row["started_at"]),
-            "finished_at": to_dt(row["finished_at"]),
-            "updated_at": to_dt(row["updated_at"]),
-            "history": history,
-            "workflow_id": row["workflow_id"],
-            "workflow_key": row["workflow_key"],
-        }
-    )
+    """A full ``tasks`` row (``SELECT *``) as the public model: its JSON text decoded."""
+    fields = dict(zip(row.keys(), row, strict=True))
+    for column in _JSON_COLUMNS:
+        text = fields[column]
+        fields[column] = None if text is None else _decode(text)
+    for column in _LIST_COLUMNS:
+        fields[column] = load_list(fields[column])
+    return task_from_decoded(fields)
 
 
 def worker_row(info: WorkerInfo) -> dict[str, Any]:
@@ -194,21 +152,6 @@ def worker_row(info: WorkerInfo) -> dict[str, Any]:
 
 def worker_from_row(row: sqlite3.Row, offline_before: float) -> WorkerInfo:
     """A ``workers`` row; it reads ``offline`` once its last heartbeat is too old."""
-    state = row["state"]
-    if row["last_heartbeat_at"] < offline_before:
-        state = WorkerState.OFFLINE
-    return WorkerInfo(
-        id=row["id"],
-        host=row["host"],
-        pid=row["pid"],
-        queues=load_list(row["queues"]),
-        tags=load_list(row["tags"]),
-        concurrency=row["concurrency"],
-        pool=row["pool"],
-        version=row["version"],
-        state=state,
-        active=row["active"],
-        processed=row["processed"],
-        started_at=to_dt(row["started_at"]),
-        last_heartbeat_at=to_dt(row["last_heartbeat_at"]),
-    )
+    fields = dict(zip(row.keys(), row, strict=True))
+    fields["queues"], fields["tags"] = load_list(row["queues"]), load_list(row["tags"])
+    return worker_from_decoded(fields, offline_before)

@@ -25,6 +25,12 @@ INSERT INTO tasks (
     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18
 );
 
+-- name: count_new
+-- Positional, for executemany: queue, state, priority, how many a batch inserted
+-- (0004_counts.sql: inserts are counted per batch, state changes by triggers).
+INSERT INTO task_counts (queue, state, priority, n) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (queue, state, priority) DO UPDATE SET n = n + excluded.n;
+
 -- name: insert_dep
 INSERT OR IGNORE INTO task_deps (depends_on, task_id) VALUES (?, ?);
 
@@ -39,10 +45,7 @@ WHERE (queue, idempotency_key) IN (
 SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: count_unfinished
--- Bounded by :cap (the queue's max_length + 1), so a full queue costs no more.
-SELECT count(*) FROM (
-    SELECT 1 FROM tasks WHERE queue = :queue AND state {from:active} LIMIT :cap
-);
+SELECT coalesce(sum(n), 0) FROM task_counts WHERE queue = :queue AND state {from:active};
 
 -- name: promote_due
 UPDATE tasks SET
@@ -337,6 +340,15 @@ WHERE id < coalesce(:cursor, char(1114111))
 ORDER BY id DESC
 LIMIT :limit;
 
+-- name: list_dead
+-- The dead-letter queue (state = failed), newest first, through its partial index.
+SELECT * FROM tasks INDEXED BY tasks_dead
+WHERE state {from:replay}
+  AND id < coalesce(:cursor, char(1114111))
+  AND {include:task_filter}
+ORDER BY id DESC
+LIMIT :limit;
+
 -- name: list_tasks_by_ids
 SELECT * FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids))
@@ -387,12 +399,11 @@ RETURNING id;
 DELETE FROM task_deps WHERE task_id IN (SELECT value FROM json_each(:ids));
 
 -- name: queue_counts
-SELECT queue, state, count(*) FROM tasks GROUP BY queue, state;
+-- From the trigger-kept task_counts (0004_counts.sql): a few rows however many tasks.
+SELECT queue, state, sum(n) FROM task_counts WHERE n > 0 GROUP BY queue, state;
 
 -- name: queue_ready_priorities
-SELECT queue, priority, count(*) FROM tasks INDEXED BY tasks_ready
-WHERE state {from:claim}
-GROUP BY queue, priority;
+SELECT queue, priority, n FROM task_counts WHERE state {from:claim} AND n > 0;
 
 -- name: finished_since
 SELECT count(*) FROM tasks INDEXED BY tasks_finished WHERE finished_at >= :since;
@@ -416,7 +427,7 @@ FROM flow_controls ORDER BY kind, name;
 SELECT kind, name, paused, rate_limit, concurrency, breaker_threshold, breaker_cooldown,
        tokens, refilled_at, failures, breaker, opened_until,
        CASE WHEN concurrency IS NULL AND breaker = 'closed' THEN 0
-            WHEN kind = 'queue' THEN (SELECT count(*) FROM tasks INDEXED BY tasks_queue_state
+            WHEN kind = 'queue' THEN (SELECT coalesce(sum(n), 0) FROM task_counts
                                       WHERE queue = f.name AND state = {to:claim})
             ELSE (SELECT count(*) FROM tasks INDEXED BY tasks_running_name
                   WHERE name = f.name AND state = {to:claim})

@@ -1,4 +1,8 @@
-"""Crashes, shutdowns, cancellation and fencing, with worker subprocesses on one SQLite file."""
+"""Crashes, shutdowns, cancellation and fencing, with worker subprocesses sharing one store.
+
+Every test here runs on each persistent engine (SQLite, and PostgreSQL and Redis when
+their backends are built): ``db_url`` below overrides the SQLite-only conftest fixture.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import asyncio
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +20,23 @@ from conveyor import Conveyor, FailureReason, State
 from conveyor.backends.base import ClaimParams, HeartbeatParams, Lease, Outcome, ReapParams, ReleaseParams
 from conveyor.models import WorkerState
 from conveyor.task import SubmitOptions
+from tests.contract.helpers import engine_urls, format_url
 from tests.integration.support import SpawnWorker, finished, transitions, wait_until
 from tests.integration.tasks_app import attempt_times, build_app, marks_of, read_log
+from tests.services import drop_store
+
+
+def persistent_engines() -> list[Any]:
+    """``pytest.param`` per engine that worker subprocesses can share (not memory)."""
+    return [pytest.param(url, id=engine) for engine, url in engine_urls().items() if engine != "memory"]
+
+
+@pytest.fixture(params=persistent_engines())
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One store per test on each persistent engine, dropped afterwards."""
+    url = format_url(str(request.param), str(tmp_path))
+    yield url
+    drop_store(url)
 
 
 def test_killed_worker_tasks_are_recovered_and_succeed(client: Conveyor, workers: SpawnWorker, marks: Path) -> None:
@@ -197,10 +218,19 @@ def test_two_workers_never_run_the_same_attempt_twice(client: Conveyor, workers:
 # --- fencing at the engine level ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
-async def test_completion_with_a_stale_lease_token_is_rejected(engine: str, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fence.db'}" if engine == "sqlite" else f"memory://fence-{tmp_path.name}"
-    app = build_app(url)
+@pytest.fixture(params=["memory", *(p.id for p in persistent_engines())])
+def fence_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = (
+        f"memory://fence-{tmp_path.name}"
+        if request.param == "memory"
+        else format_url(engine_urls()[request.param], str(tmp_path))
+    )
+    yield url
+    drop_store(url)
+
+
+async def test_completion_with_a_stale_lease_token_is_rejected(fence_url: str) -> None:
+    app = build_app(fence_url)
     try:
         handle = await app.submit_async("it.record", {"log": "x", "tag": "x"})
         backend = await app.backend()
