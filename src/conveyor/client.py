@@ -153,6 +153,10 @@ class AsyncClient:
     async def queues(self) -> list[QueueInfo]:
         return [QueueInfo.model_validate(q) for q in await self.request("GET", "/queues")]
 
+    async def queue_update(self, name: str, changes: dict[str, Any]) -> QueueInfo:
+        """``PATCH /queues/{name}``: ``paused``, ``rate_limit``, ``concurrency``; ``None`` removes."""
+        return QueueInfo.model_validate(await self.request("PATCH", f"/queues/{name}", json=changes))
+
     async def dlq_replay(self, flt: TaskFilter | None = None) -> int:
         flt = flt or TaskFilter()
         body = {"queue": flt.queue, "name": flt.name, "ids": list(flt.ids) if flt.ids is not None else None}
@@ -220,6 +224,9 @@ class Client:
 
     def queues(self) -> list[QueueInfo]:
         return self._run(self._async.queues())
+
+    def queue_update(self, name: str, changes: dict[str, Any]) -> QueueInfo:
+        return self._run(self._async.queue_update(name, changes))
 
     def dlq_replay(self, flt: TaskFilter | None = None) -> int:
         return self._run(self._async.dlq_replay(flt))

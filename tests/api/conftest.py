@@ -35,13 +35,13 @@ AppFactory = Callable[..., FastAPI]
 
 @pytest.fixture
 def make_app(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppFactory:
-    """Build an API app; ``api`` and other keyword settings override the test defaults."""
+    """Build an API app; ``api``, ``url`` and other keyword settings override the test defaults."""
     monkeypatch.chdir(tmp_path)  # no stray conveyor.yaml
     monkeypatch.delenv("CONVEYOR_CONFIG", raising=False)
 
     def build(**overrides: Any) -> FastAPI:
         api = {"tokens": token_config(), "rate_limit": 0, "access_log": True} | overrides.pop("api", {})
-        return create_app(load_settings(url=db_url, api=api, **overrides))
+        return create_app(load_settings(url=overrides.pop("url", db_url), api=api, **overrides))
 
     return build
 

@@ -1,4 +1,4 @@
-"""The endpoint matrix: every route of SPEC §7 (but /ui and /metrics), its codes and shapes."""
+"""The endpoint matrix: every route of SPEC §7 (but /ui), its codes and shapes."""
 
 from __future__ import annotations
 
@@ -168,6 +168,10 @@ async def test_patch_queue_pauses_and_limits(client: httpx.AsyncClient) -> None:
     assert_error(await client.patch("/queues/emails", json={"paused": "x"}, headers=ADMIN), 422, "ValidationError")
     bad_rate = await client.patch("/queues/emails", json={"rate_limit": "fast"}, headers=ADMIN)
     assert_error(bad_rate, 422, "ValidationError")
+    limited = (await client.get("/queues", headers=ADMIN)).json()
+    assert [q["paused"] for q in limited if q["name"] == "emails"] == [True]
+    r = await client.patch("/queues/emails", json={"paused": None, "rate_limit": None}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["paused"] is False  # null removes the setting
 
 
 async def test_explain_says_why_a_task_waits(client: httpx.AsyncClient) -> None:
@@ -228,3 +232,16 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert {"/tasks", "/tasks/batch", "/tasks/{task_id}", "/dlq", "/health", "/stats"} <= set(spec["paths"])
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_metrics_serve_cluster_figures_to_readers(client: httpx.AsyncClient) -> None:
+    await submit(client, queue="emails", priority="high")
+    await submit(client, queue="emails", priority="low")
+    r = await client.get("/metrics", headers=auth("read"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = set(r.text.splitlines())
+    assert 'conveyor_queue_depth{band="high",queue="emails"} 1.0' in lines
+    assert 'conveyor_queue_depth{band="low",queue="emails"} 1.0' in lines
+    assert 'conveyor_tasks{state="pending"} 2.0' in lines
+    assert "conveyor_dlq_size 0.0" in lines
+    assert_error(await client.get("/metrics"), 401, "Unauthorized")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conveyor.api.auth import hash_token
-from conveyor.api.middleware import JsonFormatter
+from conveyor.logs import formatter
 from tests.api.conftest import TOKENS, AppFactory, assert_error, auth
 
 
@@ -122,7 +122,7 @@ async def test_access_log_is_json_with_request_fields(
     with caplog.at_level(logging.INFO, logger="conveyor.api.access"):
         await client.get("/stats", headers=auth("read") | {"X-Request-ID": "log-1"})
     (record,) = [r for r in caplog.records if r.name == "conveyor.api.access"]
-    line = json.loads(JsonFormatter().format(record))
+    line = json.loads(formatter("json").format(record))
     assert line["request_id"] == "log-1" and line["method"] == "GET" and line["path"] == "/stats"
     assert line["status"] == 200 and line["duration_ms"] >= 0
 

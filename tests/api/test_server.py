@@ -120,6 +120,15 @@ def test_cli_talks_to_a_remote_api(tmp_path: Path) -> None:
         assert run("dlq", "purge", "--yes", "--json").returncode == 0
         denied = run("cancel", task["id"], "--token", TOKENS["read"])
         assert denied.returncode == 1 and "role" in denied.stderr
+        paused = run("queues", "emails", "--pause", "--rate-limit", "5/s", "--json")
+        assert paused.returncode == 0, paused.stderr
+        assert json.loads(paused.stdout)["paused"] is True
+        resumed = run("queues", "emails", "--resume", "--rate-limit", "none", "--json")
+        assert json.loads(resumed.stdout)["paused"] is False
+        listed = json.loads(run("queues", "--json").stdout)
+        assert [q["paused"] for q in listed if q["name"] == "emails"] in ([], [False])
+        task_level = run("queues", "email.send", "--task", "--concurrency", "2")
+        assert task_level.returncode == 2 and "--url" in task_level.stderr
         assert not (tmp_path / "must-not-be-used.db").exists()
 
 

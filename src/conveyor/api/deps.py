@@ -11,7 +11,8 @@ from conveyor.api.errors import ErrorBody
 from conveyor.app import Conveyor
 
 
-def get_conveyor(request: Request) -> Conveyor:
+async def get_conveyor(request: Request) -> Conveyor:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread."""
     app: Conveyor = request.app.state.conveyor
     return app
 

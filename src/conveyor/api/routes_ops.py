@@ -1,4 +1,4 @@
-"""Operator resources: ``/queues``, ``/workers``, ``/dlq``, ``/stats``, ``/health``, ``/workflows``."""
+"""Operator resources: ``/queues``, ``/workers``, ``/dlq``, ``/stats``, ``/metrics``, ``/health``, ``/workflows``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from conveyor.api.deps import COMMON, Admin, App, Reader, Submitter, errors
 from conveyor.api.health import check_health
 from conveyor.api.schemas import DlqFilter, Health, Purged, QueuePatch, Replayed
 from conveyor.backends.base import TaskFilter
+from conveyor.metrics import CONTENT_TYPE, cluster_metrics
 from conveyor.models import QUEUE_PATTERN, Page, QueueInfo, Stats, WorkerInfo
 from conveyor.states import State
 from conveyor.workflows import Workflow, WorkflowSpec
@@ -29,8 +30,12 @@ async def list_queues(app: App, _: Reader) -> list[QueueInfo]:
 
 @router.patch("/queues/{name}", tags=["queues"])
 async def update_queue(name: QueueName, patch: QueuePatch, app: App, _: Admin) -> QueueInfo:
-    """Pause or resume a queue, or change its rate and concurrency limits (cluster-wide)."""
-    return await app.queue_update_async(name, **patch.model_dump(exclude_unset=True))
+    """Pause or resume a queue, or change its rate and concurrency limits (cluster-wide);
+    a field given as ``null`` removes that limit."""
+    given = patch.model_dump(exclude_unset=True)
+    clear = [field for field, value in given.items() if value is None]
+    values = {field: value for field, value in given.items() if value is not None}
+    return await app.queue_update_async(name, clear=clear, **values)
 
 
 @router.get("/workers", tags=["workers"])
@@ -63,6 +68,17 @@ async def replay_dlq(flt: DlqFilter, app: App, _: Admin) -> Replayed:
 async def purge_dlq(app: App, _: Admin, queue: QueueQ = None, name: NameQ = None) -> Purged:
     """Delete matching dead letters for good (all when no filter)."""
     return Purged(purged=await app.dlq_purge_async(TaskFilter(queue=queue, name=name)))
+
+
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
+async def get_metrics(app: App, _: Reader) -> Response:
+    """Prometheus text: cluster-wide figures read from the engine now (docs/observability.md)."""
+    return Response(cluster_metrics(await app.stats_async()), media_type=CONTENT_TYPE)
 
 
 @router.get("/stats", tags=["ops"])

@@ -49,8 +49,9 @@ class Purged(BaseModel):
 
 
 class QueuePatch(BaseModel):
-    """``PATCH /queues/{name}``: pause or resume, and flow limits; absent fields stay as they are.
-    (``max_length`` is a submitter setting: ``queues.NAME.max_length`` in config.)"""
+    """``PATCH /queues/{name}``: pause or resume, and flow limits; absent fields stay as they
+    are and ``null`` removes a limit (JSON merge-patch style). (``max_length`` is a submitter
+    setting: ``queues.NAME.max_length`` in config.)"""
 
     model_config = ConfigDict(extra="forbid")
 
