@@ -1,0 +1,71 @@
+"""Prometheus metrics, scraped for real: a worker subprocess's ``--metrics-port`` and the
+cluster-wide figures the API serves, checked against what the test did."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import Conveyor
+from conveyor.metrics import cluster_metrics
+from conveyor.task import SubmitOptions
+from tests.integration.support import SpawnWorker, finished, wait_until
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus text page, keyed by name and labels."""
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(page: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, **labels: str) -> float:
+    return page.get((metric, frozenset(labels.items())), 0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_worker_and_cluster_metrics_match_what_ran(client: Conveyor, workers: SpawnWorker, tmp_path: Path) -> None:
+    port = free_port()
+    workers(concurrency=4, queues=["default"], extra_args=["--metrics-port", str(port)])
+    log = str(tmp_path / "log")
+    ok = [client.submit("it.record", {"log": log, "tag": f"t{i}"}) for i in range(5)]
+    flaky = client.submit("it.flaky", {"counter": str(tmp_path / "flaky"), "succeed_on": 2})
+    doomed = client.submit("it.always_fails", {"counter": str(tmp_path / "doomed")})  # max_retries=2
+    waiting = client.submit("it.record", {"log": log, "tag": "later"}, SubmitOptions(queue="idle", priority=9))
+    finished(client, *ok, flaky, doomed)
+
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        page = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        done = value(page, "conveyor_attempts_total", queue="default", name="it.always_fails", state="failed")
+        return page if done == 1 else None  # outcomes are counted when the attempt ends
+
+    page = wait_until(scrape, 10, what="the worker's metrics to show every attempt")
+    record = {"queue": "default", "name": "it.record"}
+    assert value(page, "conveyor_attempts_total", **record, state="succeeded") == 5
+    assert value(page, "conveyor_task_duration_seconds_count", **record) == 5
+    assert value(page, "conveyor_retries_total", queue="default", name="it.flaky") == 1
+    assert value(page, "conveyor_retries_total", queue="default", name="it.always_fails") == 2
+    assert value(page, "conveyor_attempts_total", queue="default", name="it.flaky", state="succeeded") == 1
+    assert value(page, "conveyor_task_wait_seconds_count", queue="default") == 5 + 2 + 3
+    assert value(page, "conveyor_claim_latency_seconds_count") >= 1
+
+    cluster = samples(cluster_metrics(client.stats()).decode())
+    assert value(cluster, "conveyor_tasks", state="succeeded") == 6
+    assert value(cluster, "conveyor_tasks", state="failed") == 1
+    assert value(cluster, "conveyor_dlq_size") == 1
+    assert value(cluster, "conveyor_tasks_finished_total", state="succeeded") == 6
+    assert value(cluster, "conveyor_tasks_submitted_total") == 8
+    assert value(cluster, "conveyor_queue_depth", queue="idle", band="high") == 1
+    assert value(cluster, "conveyor_queue_tasks", queue="idle", state="pending") == 1
+    assert value(cluster, "conveyor_workers", state="offline") == 0
+    assert client.get(waiting.id).state == "pending"  # the worker serves "default" only
