@@ -14,6 +14,11 @@ completing each batch, as a worker would:
 
 It prints claims per second for each and the ratio to ``plain`` (the target is at
 least 0.8). Only engine calls are timed: no worker, no task code.
+
+Then a workflow of ``--nodes`` nodes (one root, a fan-out to ``nodes - 2`` no-op
+tasks, a fan-in to one sink) is submitted at once and run by one in-process worker
+(async pool): it prints the time to store the graph and the time until the workflow
+reads ``succeeded``.
 """
 
 from __future__ import annotations
@@ -100,16 +105,59 @@ async def run(tasks: int, batch: int, url: str | None) -> dict[str, float]:
     return results
 
 
+async def measure_workflow(url: str, nodes: int) -> tuple[float, float]:
+    """Seconds to submit a fan-out/fan-in workflow of ``nodes`` nodes, and to finish it."""
+    from conveyor.bench import NOOP
+    from conveyor.bench_tasks import make_app
+    from conveyor.worker import Worker, WorkerOptions
+    from conveyor.workflows import WorkflowState
+
+    app = make_app(url)
+    wf = app.workflow()
+    wf.node("root", NOOP)
+    middle = [f"n{i}" for i in range(nodes - 2)]
+    for key in middle:
+        wf.node(key, NOOP, depends_on=["root"])
+    wf.node("sink", NOOP, depends_on=middle)
+    await app.backend()  # open (and migrate) outside the clock
+    worker = Worker(app, WorkerOptions(concurrency=50, scheduler=False))
+    runner = asyncio.create_task(worker.run())
+    try:
+        t0 = time.perf_counter()
+        stored = await wf.submit_async()
+        submitted = time.perf_counter() - t0
+        state = stored.state
+        while state not in (WorkflowState.SUCCEEDED, WorkflowState.FAILED, WorkflowState.CANCELLED):
+            await asyncio.sleep(0.01)
+            state = (await app.get_workflow_async(stored.id)).state
+        if state is not WorkflowState.SUCCEEDED:
+            raise RuntimeError(f"workflow ended {state}")
+        return submitted, time.perf_counter() - t0
+    finally:
+        worker.stop()
+        await runner
+        await app.aclose()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m conveyor.bench_flow", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--nodes", type=int, default=1000, help="nodes of the fan-out/fan-in workflow (0: skip)")
     parser.add_argument("--url", default=None, help="an engine URL; {n} is replaced by the run number")
     args = parser.parse_args(argv)
     results = asyncio.run(run(args.tasks, args.batch, args.url))
     plain = results["plain"]
     for label, rate in results.items():
         print(f"{label:<20} {rate:>10,.0f} claims/s   {rate / plain:5.2f} x plain")
+    if args.nodes >= 3:
+        with tempfile.TemporaryDirectory(prefix="conveyor-bench-flow-") as tmp:
+            url = args.url.format(n="wf") if args.url else f"sqlite:///{Path(tmp) / 'workflow.db'}"
+            submitted, done = asyncio.run(measure_workflow(url, args.nodes))
+        print(
+            f"workflow of {args.nodes} nodes (fan-out, fan-in): submitted in {submitted * 1000:,.0f} ms, "
+            f"succeeded after {done:.2f} s"
+        )
 
 
 if __name__ == "__main__":

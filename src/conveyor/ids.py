@@ -33,7 +33,33 @@ def new_id() -> str:
             _seq = _rand(10)  # random start, with room to count up
         _last_ms = ms
         seq = _seq
-    rand_b = _rand(62)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
-    h = f"{value:032x}"
+    return _format(ms, seq, _rand(62))
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` ids at once, in order: one lock and one clock read for a whole bulk
+    submit (``new_id`` per task is a large share of its cost)."""
+    global _last_ms, _seq
+    if count <= 0:
+        return []
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms, seq = _last_ms, _seq + 1
+        else:
+            seq = _rand(10)
+        # each millisecond holds sequence numbers up to 0xFFF; past that, borrow the next
+        stamps: list[tuple[int, int]] = []
+        for _ in range(count):
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+            stamps.append((ms, seq))
+            seq += 1
+        _last_ms, _seq = ms, seq - 1
+    return [_format(m, s, _rand(62)) for m, s in stamps]
+
+
+def _format(ms: int, seq: int, rand_b: int) -> str:
+    # bytes.hex is about twice as fast as formatting a 128-bit int with :032x
+    h = ((ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

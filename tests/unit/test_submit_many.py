@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
+from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, InvalidInput, QueueFull
 from conveyor.backends.base import TaskFilter
 from conveyor.config import load_settings
+from conveyor.models import TaskSpec
 from conveyor.priority import PriorityRule
 from conveyor.task import SubmitOptions
 
@@ -69,3 +72,27 @@ async def test_a_batch_past_max_length_stores_none_of_it() -> None:
         await app.submit_many_async("x", [{}, {}, {}], SubmitOptions(queue="small"))
     assert (await app.list_tasks_async(TaskFilter())).items == []
     await app.aclose()
+
+
+async def test_bulk_submits_pause_the_cyclic_collector_and_restore_it() -> None:
+    app = Conveyor("memory://gc-pause")
+    seen: list[bool] = []
+    backend = await app.backend()
+    real = backend.task_enqueue_many
+
+    async def spy(params: Any) -> Any:
+        seen.append(gc.isenabled())
+        return await real(params)
+
+    backend.task_enqueue_many = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    await app.submit_many_async("t.bulk", [{"i": i} for i in range(300)])
+    await app.submit_many_async("t.bulk", [{"i": i} for i in range(3)])
+    await app.enqueue_many_async([TaskSpec(name="t.bulk") for _ in range(300)])
+    assert seen == [False, True, False] and gc.isenabled()
+    gc.disable()
+    try:
+        await app.submit_many_async("t.bulk", [{"i": i} for i in range(300)])
+        assert not gc.isenabled()  # a process that turned it off keeps it off
+    finally:
+        gc.enable()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import UrlOpt, out
+from conveyor.cli.common import LogFormatOpt, LogLevelOpt, UrlOpt, out, start_logging
 from conveyor.config import load_settings
 from conveyor.errors import InvalidInput
 
@@ -37,7 +37,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs api.tokens.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     url: UrlOpt = None,
-    log_level: Annotated[str, typer.Option(help="Server log level.")] = "info",
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the HTTP API until SIGTERM/SIGINT (``conveyor api hash-token`` makes tokens)."""
     if ctx.invoked_subcommand is not None:
@@ -51,15 +52,8 @@ def serve(
     import uvicorn
 
     from conveyor.api import create_app
-    from conveyor.api.middleware import JsonFormatter
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    for name in ("conveyor", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(log_level.upper())
-        logger.propagate = False
+    start_logging(log_format, log_level)
     app = create_app(settings)
     auth = f"{len(settings.api.tokens)} token(s)" if settings.api.tokens else "no auth (loopback only)"
     logging.getLogger("conveyor.api").info(f"conveyor api on http://{host}:{port} backend={settings.url} auth={auth}")

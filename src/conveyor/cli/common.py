@@ -51,6 +51,27 @@ TokenOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, the same objects the HTTP API returns.")]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="json or console (default: json unless stderr is a terminal).",
+        show_default=False,
+    ),
+]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+def start_logging(fmt: str | None, level: str) -> None:
+    """Validate ``--log-format``/``--log-level`` and install the one logging setup."""
+    from conveyor.logs import FORMATS, setup_logging
+
+    if fmt is not None and fmt not in FORMATS:
+        raise InvalidInput(f"--log-format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        raise InvalidInput(f"--log-level must be debug, info, warning or error, got {level!r}")
+    setup_logging("json" if fmt == "json" else "console" if fmt else None, level)
+
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -1,8 +1,6 @@
 """Periodic schedules: ``conveyor cron list`` and ``conveyor scheduler``."""
 
 import asyncio
-import logging
-import sys
 import time
 from typing import Annotated, Any
 
@@ -10,7 +8,17 @@ import typer
 from rich.table import Table
 
 from conveyor.app import Conveyor
-from conveyor.cli.common import JsonOpt, UrlOpt, connect, load_app, out, print_json
+from conveyor.cli.common import (
+    JsonOpt,
+    LogFormatOpt,
+    LogLevelOpt,
+    UrlOpt,
+    connect,
+    load_app,
+    out,
+    print_json,
+    start_logging,
+)
 from conveyor.models import to_dt
 from conveyor.schedules import Schedule
 from conveyor.worker.scheduler import Scheduler
@@ -76,10 +84,12 @@ def scheduler(
         str, typer.Option("--app", help="MODULE:ATTR of your Conveyor app, e.g. myproj.tasks:app.", show_default=False)
     ],
     url: UrlOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Fire the app's schedules until SIGTERM/SIGINT (workers also do this unless --no-scheduler)."""
+    start_logging(log_format, log_level)
     app = load_app(app_path, url)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not app.schedules:
         raise typer.BadParameter(f"{app_path} declares no schedules", param_hint="--app")
     asyncio.run(_run_scheduler(app))

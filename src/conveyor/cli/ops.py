@@ -1,7 +1,7 @@
 """Operator commands: ``stats``, ``workers``, ``queues``, ``dlq list|replay|purge``, ``migrate``."""
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,7 @@ from conveyor.cli.common import (
 )
 from conveyor.cli.render import queues_table, stats_view, workers_table
 from conveyor.errors import InvalidInput
+from conveyor.features.flow import QueueUpdate
 from conveyor.states import State
 
 QueueOpt = Annotated[str | None, typer.Option(help="Only dead letters of this queue.")]
@@ -88,7 +89,8 @@ def queues(
         if update is None:
             raise InvalidInput("nothing to change: give --pause, --resume, --rate-limit or --concurrency")
         if api:
-            raise InvalidInput("changing queue settings through --api is not supported yet: use --url")
+            _remote_queue_update(api, token, update, as_json)
+            return
         flow.apply_queue_settings(url, update, as_json)
         return
     with open_client(url, api, token) as app:
@@ -97,6 +99,24 @@ def queues(
         print_json(result)
     else:
         out.print(queues_table(result) if result else "no queues yet")
+
+
+def _remote_queue_update(api: str, token: str | None, update: QueueUpdate, as_json: bool) -> None:
+    """``PATCH /queues/{name}`` for ``conveyor queues NAME ... --api``: the API changes queues only."""
+    if update.kind != "queue" or "breaker" in update.reset:
+        raise InvalidInput("--task and --reset-breaker change task-name controls: use --url (the API changes queues)")
+    changes: dict[str, Any] = dict.fromkeys(sorted(update.reset))
+    for field in ("paused", "rate_limit", "concurrency"):
+        if getattr(update, field) is not None:
+            changes[field] = getattr(update, field)
+    from conveyor.client import Client
+
+    with Client(api, token) as client:
+        info = client.queue_update(update.name, changes)
+    if as_json:
+        print_json(info)
+    else:
+        out.print(queues_table([info]))
 
 
 @dlq.command("list")

@@ -1,14 +1,13 @@
 """Long-running commands: ``worker``, ``demo`` and ``bench``."""
 
 import asyncio
-import logging
-import sys
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import JsonOpt, UrlOpt, load_app, split_csv
+from conveyor.cli.common import JsonOpt, LogFormatOpt, LogLevelOpt, UrlOpt, load_app, split_csv, start_logging
+from conveyor.errors import InvalidInput
 from conveyor.worker import WorkerOptions, run_worker
 
 
@@ -39,11 +38,26 @@ def worker(
         bool | None,
         typer.Option("--scheduler/--no-scheduler", help="Fire the app's periodic schedules (default: config, on)."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve this process's Prometheus histograms on this port (/metrics).", min=1, max=65535),
+    ] = None,
     url: UrlOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT; in-flight tasks finish, the rest go back to pending."""
+    start_logging(log_format, log_level)
     app = load_app(app_path, url)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = None
+    if metrics_port is not None:
+        from conveyor.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise InvalidInput(f"cannot serve metrics on port {metrics_port}: {exc.strerror or exc}") from exc
     options = WorkerOptions(
         queues=split_csv(queues),
         tags=split_csv(tags),
@@ -52,6 +66,7 @@ def worker(
         app_path=app_path,
         install_signals=True,
         scheduler=scheduler,
+        metrics=metrics,
     )
     asyncio.run(run_worker(app, options))
 

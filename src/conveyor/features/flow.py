@@ -263,12 +263,22 @@ class ClaimGate:
     def _block(self, key: Key) -> None:
         (self.blocked_queues if key[0] == "queue" else self.blocked_names).add(key[1])
 
+    def ample(self, limit: int) -> bool:
+        """Whether no control can bind within a claim of ``limit`` tasks: nothing is
+        paused, broken or probing, and every budget holds ``limit`` more. Then an engine
+        may take its plain claim and ``take`` the rows afterwards (all will pass), so
+        limits that do not bind cost almost nothing."""
+        return all(
+            not b.blocked and not b.probe and b.room >= limit and b.tokens >= limit for b in self._budgets.values()
+        )
+
     def admits(self, queue: str, name: str) -> bool:
         """Whether a ready task of ``queue`` and ``name`` may be claimed now."""
         return queue not in self.blocked_queues and name not in self.blocked_names
 
-    def take(self, queue: str, name: str) -> bool:
-        """Claim one task of ``queue`` and ``name`` if allowed, spending the budgets."""
+    def take(self, queue: str, name: str, count: int = 1) -> bool:
+        """Claim ``count`` tasks of ``queue`` and ``name`` if allowed, spending the budgets
+        (``count`` > 1 only after ``ample``, for tasks already taken in one statement)."""
         if not self.admits(queue, name):
             return False
         for key in (("queue", queue), ("task", name)):
@@ -277,9 +287,9 @@ class ClaimGate:
                 continue
             c = b.control
             if b.tokens != math.inf:
-                b.tokens -= 1
+                b.tokens -= count
                 self.changed[key] = c  # its tokens are written back by ``commit``
-            b.room -= 1
+            b.room -= count
             if b.probe:
                 c.breaker = BreakerState.HALF_OPEN
                 self.changed[key] = c

@@ -47,6 +47,7 @@ from conveyor.context import TaskContext
 from conveyor.errors import ConveyorError, InvalidInput, TaskTimeout
 from conveyor.features.limits import configured_updates
 from conveyor.ids import new_id
+from conveyor.logs import worker_id_var
 from conveyor.models import ClaimedTask, TaskError, WorkerInfo, WorkerState, to_dt
 from conveyor.retry import decide
 from conveyor.worker.completer import Completer
@@ -55,6 +56,7 @@ from conveyor.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.metrics import WorkerMetrics
 
 log = logging.getLogger("conveyor.worker")
 
@@ -77,6 +79,7 @@ class WorkerOptions:
     app_path: str | None = None
     install_signals: bool = False
     scheduler: bool | None = None  # fire the app's schedules (default: settings.worker.scheduler)
+    metrics: WorkerMetrics | None = None  # record histograms (``conveyor worker --metrics-port``)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
 
@@ -98,6 +101,7 @@ class Worker:
         self._backend: Backend | None = None
         self._pool: Pool | None = None
         self._completer: Completer | None = None
+        self._metrics = self.opts.metrics
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -109,6 +113,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until ``stop()``; returns after a clean shutdown."""
+        worker_id_var.set(self.id)  # every log line of this worker (and its attempts) carries it
         backend = self._backend = await self.app.backend()
         self._pool = make_pool(self.pool_kind, self.concurrency, self.opts.app_path)
         self._completer = Completer(backend, self.cfg.finish_batch, self.cfg.finish_delay)
@@ -187,7 +192,10 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
+                began = time.perf_counter()
                 claim = await backend.task_claim(_with_limit(params, room))
+                if self._metrics is not None:
+                    self._metrics.claimed(time.perf_counter() - began)
                 failures = 0
             except ConveyorError as exc:
                 failures += 1
@@ -227,7 +235,16 @@ class Worker:
                 if self._stopping:
                     return  # never started: released (refunded) at shutdown
                 attempt.started = True
+                metrics = self._metrics
+                if metrics is not None:
+                    metrics.started(ct, time.time())
+                began = time.perf_counter()
                 outcome = await self._execute(ct)
+                seconds = time.perf_counter() - began
+                if metrics is not None:
+                    metrics.finished(ct, seconds, outcome.kind)
+                if outcome.kind != "complete" or log.isEnabledFor(logging.DEBUG):
+                    _log_outcome(ct, outcome, seconds)
             assert self._completer is not None
             self._completer.add(outcome)
             self.processed += 1
@@ -346,6 +363,19 @@ class Worker:
         await self._backend.worker_deregister(self.id)
         await self._pool.close()
         log.info("worker %s stopped after %d tasks", self.id, self.processed)
+
+
+def _log_outcome(ct: ClaimedTask, outcome: Outcome, seconds: float) -> None:
+    """One line per attempt: successes at DEBUG, retries at INFO, failures at WARNING."""
+    fields = {"task_id": ct.id, "queue": ct.queue, "attempt": ct.attempts, "duration_ms": round(seconds * 1000, 3)}
+    message = outcome.error.message if outcome.error else ""
+    if outcome.kind == "complete":
+        log.debug("task %s (%s) succeeded", ct.id, ct.name, extra=fields)
+    elif outcome.kind == "retry":
+        log.info("task %s (%s) will retry: %s", ct.id, ct.name, message, extra=fields)
+    else:
+        reason = outcome.failure_reason.value if outcome.failure_reason else "failed"
+        log.warning("task %s (%s) failed (%s): %s", ct.id, ct.name, reason, message, extra=fields)
 
 
 def _is_json(value: Any) -> bool:
