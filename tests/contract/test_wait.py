@@ -18,6 +18,16 @@ from .helpers import claim_one, enqueue, fail, new_task, submit
 PROMPT = 1.0  # seconds: "at once" with room for a loaded CI machine and a polling engine
 
 
+async def _settle(backend: Backend) -> None:
+    """Absorb late news of work the last claim already took.
+
+    PostgreSQL and Redis deliver notifications on another connection, so the news of
+    a submit may arrive after the claim that took its task: such a late wake-up costs
+    a worker one empty claim and is allowed. One short wait consumes it, so the timed
+    wait after this starts from a quiet state."""
+    await backend.task_wait(WaitParams(timeout=0.3))
+
+
 async def _timed_wait(backend: Backend, params: WaitParams) -> tuple[asyncio.Task[None], float]:
     started = time.monotonic()
     waiter = asyncio.create_task(backend.task_wait(params))
@@ -64,6 +74,7 @@ async def test_task_wait_wakes_when_a_lease_is_released(backend: Backend, open_b
     other = await open_backend()
     await submit(backend)
     claimed = await claim_one(backend, worker_id="w1")
+    await _settle(backend)
     waiter, started = await _timed_wait(backend, WaitParams(timeout=10))
     await other.task_release(ReleaseParams(worker_id="w1", leases=[Lease(claimed.id, claimed.lease_token)]))
     await asyncio.wait_for(waiter, 5)
@@ -75,6 +86,7 @@ async def test_task_wait_wakes_when_a_lease_is_reaped(backend: Backend, open_bac
     await submit(backend)
     now = time.time()
     await claim_one(backend, lease_seconds=1, now=now)
+    await _settle(backend)
     waiter, started = await _timed_wait(backend, WaitParams(timeout=10))
     assert len(await other.task_reap_expired(ReapParams(now=now + 5))) == 1
     await asyncio.wait_for(waiter, 5)
@@ -86,6 +98,7 @@ async def test_task_wait_wakes_when_a_dead_letter_is_replayed(backend: Backend, 
     await submit(backend)
     claimed = await claim_one(backend)
     await backend.task_finish_many([fail(claimed, FailureReason.PERMANENT_ERROR)])
+    await _settle(backend)
     waiter, started = await _timed_wait(backend, WaitParams(timeout=10))
     assert await other.task_replay(TaskFilter()) == 1
     await asyncio.wait_for(waiter, 5)
