@@ -112,6 +112,75 @@ class ApiConfig(BaseModel):
     access_log: bool = True
 
 
+NotifyEvent = Literal["task.succeeded", "task.failed", "task.dead_lettered", "workflow.finished"]
+
+
+class _Target(BaseModel):
+    """Which events go to one target: ``queues`` and ``tasks`` (shell patterns such as
+    ``email.*``) narrow them; empty means every queue or task name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=100)  # how the outbox remembers it; default: url / first address
+    events: list[NotifyEvent] = Field(min_length=1)
+    queues: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+
+
+class WebhookTarget(_Target):
+    """POST each event as JSON, signed with HMAC-SHA256 (``conveyor.notify.verify``)."""
+
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    timeout: float = Field(default=10.0, gt=0, le=300)
+
+
+class EmailTarget(_Target):
+    """Send each event as a plain-text email through ``notifications.smtp``."""
+
+    to: list[str] = Field(min_length=1)
+
+
+class SmtpConfig(BaseModel):
+    """The SMTP server email targets use (``smtplib``: plain, STARTTLS or TLS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = "conveyor@localhost"
+    username: str | None = None
+    password: str | None = None
+    security: Literal["none", "starttls", "tls"] = "none"
+    timeout: float = Field(default=10.0, gt=0, le=300)
+
+
+class NotificationsConfig(BaseModel):
+    """Webhooks and email on task events (``docs/notifications.md``). Delivery retries
+    with exponential backoff from ``backoff`` up to ``backoff_max`` seconds and gives
+    up on an event after ``max_deliveries`` rounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
+    emails: list[EmailTarget] = Field(default_factory=list)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    batch: int = Field(default=100, ge=1, le=10_000)  # events claimed per round
+    lease_seconds: float = Field(default=60.0, gt=0)  # a crashed deliverer's events return after this
+    poll_interval: float = Field(default=1.0, gt=0, le=60)  # idle wait between rounds
+    backoff: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+    max_deliveries: int = Field(default=25, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks or self.emails)
+
+    def events(self) -> frozenset[str]:
+        """Every event some target wants: what the engine is asked to record."""
+        return frozenset(e for t in [*self.webhooks, *self.emails] for e in t.events)
+
+
 class Settings(BaseSettings):
     """All of Conveyor's configuration in one validated model."""
 
@@ -128,6 +197,7 @@ class Settings(BaseSettings):
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)  # task name -> flow limits
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     aging_interval: float | None = Field(default=None, ge=0)  # seconds per +1 priority; None/0: off
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     auto_migrate: bool = True
 
     @classmethod

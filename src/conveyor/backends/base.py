@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+from conveyor.errors import InvalidInput
 from conveyor.features.flow import FlowControl, QueueUpdate
 from conveyor.models import (
     ClaimedTask,
@@ -232,6 +233,66 @@ class ListParams:
     cursor: str | None = None
 
 
+#: Task events an engine can record in its outbox (SPEC §9), in the step that causes them:
+#: ``task.succeeded`` (the task reached ``succeeded``), ``task.failed`` (an attempt
+#: ended in failure: the task left ``running`` for ``retrying`` or ``failed``),
+#: ``task.dead_lettered`` (the task reached ``failed``, whatever the reason) and
+#: ``workflow.finished`` (the last unfinished task of a workflow finished; once per
+#: workflow).
+OUTBOX_EVENTS = ("task.succeeded", "task.failed", "task.dead_lettered", "workflow.finished")
+
+
+def check_events(events: frozenset[str]) -> None:
+    """``InvalidInput`` naming any event that is not in ``OUTBOX_EVENTS``."""
+    unknown = events - set(OUTBOX_EVENTS)
+    if unknown:
+        raise InvalidInput(f"unknown notification events {sorted(unknown)}; known: {', '.join(OUTBOX_EVENTS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One recorded event, as a deliverer claims it.
+
+    ``id`` increases in recording order (per engine; per shard on a ring). ``state``
+    and ``attempt`` are the task's at the transition; the deliverer reads the rest
+    (result, error) from the task. ``done`` names the targets that already have it,
+    so a retry after a partial failure skips them; ``deliveries`` counts the claims.
+    """
+
+    id: str
+    event: str
+    task_id: str
+    workflow_id: str | None
+    queue: str
+    name: str
+    state: State
+    attempt: int
+    at: float
+    deliveries: int = 0
+    done: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxClaimParams:
+    """Claim up to ``limit`` due events for ``lease_seconds``: another deliverer takes
+    them only after the lease lapses (at-least-once, so a crash loses nothing)."""
+
+    limit: int = 100
+    lease_seconds: float = 30.0
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettle:
+    """The end of one delivery round: ``retry_at`` ``None`` drops the event (every
+    target has it, or it is given up on); otherwise it is due again then, with
+    ``done`` remembered."""
+
+    id: str
+    retry_at: float | None = None
+    done: tuple[str, ...] = ()
+
+
 # --- the protocols -------------------------------------------------------------------
 
 
@@ -358,6 +419,34 @@ class FlowStore(Protocol):
     async def task_ahead(self, task_id: str) -> int:
         """How many ``pending`` tasks of its queue come before this one in claim order
         (without aging); 0 if it is not pending."""
+        ...
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """The durable outbox behind notifications (``conveyor.notify``).
+
+    Subscriptions are cluster-wide and stored in the engine: once ``task.succeeded``
+    is subscribed, every transition into ``succeeded``, by any operation of any
+    process, records an event in the same atomic step as the transition. Nothing is
+    recorded for events nobody subscribed to, so the outbox costs nothing when off.
+    """
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        """Record exactly these events (names from ``OUTBOX_EVENTS``) from now on;
+        events already recorded stay."""
+        ...
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        """Due events, oldest first, leased to the caller."""
+        ...
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        """Drop delivered events and reschedule the others, in one step."""
+        ...
+
+    async def outbox_size(self) -> int:
+        """How many events wait for delivery."""
         ...
 
 

@@ -9,13 +9,15 @@ SQLite, PostgreSQL and Redis engines alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from conveyor.backends.base import OutboxEvent
 from conveyor.models import Task, TaskError, WorkerInfo, WorkerState, to_dt
 from conveyor.priority import band_of
 from conveyor.retry import RetryPolicy
+from conveyor.states import State
 
 #: Compact JSON text of a value (one encoder, built once: ``json.dumps`` builds one per call).
 dump = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -101,6 +103,26 @@ def task_from_decoded(row: Mapping[str, Any]) -> Task:
             "workflow_id": row["workflow_id"],
             "workflow_key": row["workflow_key"],
         }
+    )
+
+
+def outbox_event(row: Sequence[Any]) -> OutboxEvent:
+    """An outbox row ``(id, event, task_id, workflow_id, queue, name, state, attempt,
+    at, deliveries, done)``; ``done`` as JSON text or already a list. Ids become
+    zero-padded text, so they sort as numbers do wherever they are merged."""
+    done = row[10]
+    return OutboxEvent(
+        id=f"{int(row[0]):020d}",
+        event=row[1],
+        task_id=row[2],
+        workflow_id=row[3],
+        queue=row[4],
+        name=row[5],
+        state=State(row[6]),
+        attempt=int(row[7]),
+        at=float(row[8]),
+        deliveries=int(row[9]),
+        done=tuple(load_list(done) if isinstance(done, str) else done),
     )
 
 

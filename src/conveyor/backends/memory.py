@@ -37,11 +37,15 @@ from conveyor.backends.base import (
     EnqueueParams,
     HeartbeatParams,
     ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
     Outcome,
     ReapParams,
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_events,
 )
 from conveyor.errors import InvalidInput, QueueFull, TaskExists, TaskNotFound
 from conveyor.features.flow import (
@@ -210,6 +214,36 @@ class _Row:
         )
 
 
+@dataclass(eq=False, slots=True)
+class _OutboxRow:
+    event: str
+    task_id: str
+    workflow_id: str | None
+    queue: str
+    name: str
+    state: State
+    attempt: int
+    at: float
+    next_at: float
+    deliveries: int = 0
+    done: tuple[str, ...] = ()
+
+    def public(self, key: int) -> OutboxEvent:
+        return OutboxEvent(
+            f"{key:020d}",
+            self.event,
+            self.task_id,
+            self.workflow_id,
+            self.queue,
+            self.name,
+            self.state,
+            self.attempt,
+            self.at,
+            self.deliveries,
+            self.done,
+        )
+
+
 @dataclass(slots=True, eq=False)
 class _Waiter:
     """One pending ``task_wait`` call, woken from any thread through its loop."""
@@ -239,6 +273,10 @@ class _Store:
         self.workers: dict[str, WorkerInfo] = {}
         self.waiters: set[_Waiter] = set()
         self.touched: set[str] = set()  # queues that gained ready or delayed work
+        self.subscribed: frozenset[str] = frozenset()  # outbox events recorded
+        self.outbox: dict[int, _OutboxRow] = {}  # by id, which increases: oldest first
+        self.outbox_seq = 0
+        self.workflow_events: dict[str, int] = {}  # workflow id -> its undelivered event
 
     @contextmanager
     def atomic(self) -> Iterator[_Store]:
@@ -285,6 +323,59 @@ class _Store:
         self._index(row)
         if new in states.TERMINAL:
             row.finished_at = now
+        if self.subscribed:
+            self._record(row, old, new, now)
+
+    def _record(self, row: _Row, old: State, new: State, now: float) -> None:
+        """Outbox events this transition causes (``OUTBOX_EVENTS`` says which)."""
+        subs = self.subscribed
+        if new is State.SUCCEEDED and "task.succeeded" in subs:
+            self._add_event("task.succeeded", row, now)
+        if old is State.RUNNING and new in (State.RETRYING, State.FAILED) and "task.failed" in subs:
+            self._add_event("task.failed", row, now)
+        if new is State.FAILED and "task.dead_lettered" in subs:
+            self._add_event("task.dead_lettered", row, now)
+        wid = row.workflow_id
+        if (
+            wid is not None
+            and new in states.TERMINAL
+            and "workflow.finished" in subs
+            and wid not in self.workflow_events
+            and all(self.tasks[i].state in states.TERMINAL for i in self.workflows[wid] if i in self.tasks)
+        ):
+            self.workflow_events[wid] = self._add_event("workflow.finished", row, now)
+
+    def _add_event(self, event: str, row: _Row, now: float) -> int:
+        self.outbox_seq += 1
+        self.outbox[self.outbox_seq] = _OutboxRow(
+            event, row.id, row.workflow_id, row.queue, row.name, row.state, row.attempts, now, next_at=now
+        )
+        return self.outbox_seq
+
+    def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        now = time.time() if params.now is None else params.now
+        out: list[OutboxEvent] = []
+        for key, ev in self.outbox.items():
+            if len(out) >= params.limit:
+                break
+            if ev.next_at <= now:
+                ev.next_at = now + params.lease_seconds
+                ev.deliveries += 1
+                out.append(ev.public(key))
+        return out
+
+    def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        for settle in settles:
+            key = int(settle.id)
+            ev = self.outbox.get(key)
+            if ev is None:
+                continue
+            if settle.retry_at is None:
+                del self.outbox[key]
+                if ev.event == "workflow.finished" and ev.workflow_id is not None:
+                    self.workflow_events.pop(ev.workflow_id, None)
+            else:
+                ev.next_at, ev.done = settle.retry_at, settle.done
 
     def move(
         self, row: _Row, name: str, now: float, *, worker_id: str | None = None, reason: str | None = None
@@ -840,6 +931,25 @@ class MemoryBackend:
     async def task_ahead(self, task_id: str) -> int:
         with self._store.atomic() as store:
             return store.ahead(task_id)
+
+    # --- outbox ----------------------------------------------------------------------
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        check_events(events)
+        with self._store.atomic() as store:
+            store.subscribed = frozenset(events)
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        with self._store.atomic() as store:
+            return store.outbox_claim(params)
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        with self._store.atomic() as store:
+            store.outbox_settle(settles)
+
+    async def outbox_size(self) -> int:
+        with self._store.atomic() as store:
+            return len(store.outbox)
 
     # --- workers ---------------------------------------------------------------------
 

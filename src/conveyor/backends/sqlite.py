@@ -38,11 +38,15 @@ from conveyor.backends.base import (
     EnqueueParams,
     HeartbeatParams,
     ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
     Outcome,
     ReapParams,
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_events,
 )
 from conveyor.backends.sqlite_admin import AdminOps
 from conveyor.backends.sqlite_ops import TaskOps
@@ -367,6 +371,22 @@ class SqliteBackend:
 
     async def task_ahead(self, task_id: str) -> int:
         return await self._run(self.admin.task_ahead, task_id)
+
+    # --- OutboxStore -------------------------------------------------------------------
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        check_events(events)
+        await self._run(self.admin.outbox_subscribe, events)
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        return await self._run(self.admin.outbox_claim, params)
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        if settles:
+            await self._run(self.admin.outbox_settle, list(settles))
+
+    async def outbox_size(self) -> int:
+        return await self._run(self.admin.outbox_size)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from conveyor import states
 from conveyor.backends import sqlite_flow
-from conveyor.backends.base import ListParams, TaskFilter
-from conveyor.backends.codec import dump
+from conveyor.backends.base import ListParams, OutboxClaimParams, OutboxEvent, OutboxSettle, TaskFilter
+from conveyor.backends.codec import dump, dump_list, outbox_event
 from conveyor.backends.sqlite_ops import Connection, Q
 from conveyor.backends.sqlite_rows import stamp, task_from_row, worker_from_row, worker_row
 from conveyor.errors import TaskNotFound
@@ -24,7 +24,37 @@ from conveyor.states import State
 _FAILED = states.target("fail").value
 
 
-class AdminOps(Connection):
+class OutboxOps(Connection):
+    """The outbox (``OutboxStore``): the triggers of migration 0005 record events;
+    these read, lease and drop them."""
+
+    def outbox_subscribe(self, events: frozenset[str]) -> None:
+        with self._write() as cur:
+            cur.execute(Q["outbox_unsubscribe_all"])
+            cur.executemany(Q["outbox_subscribe"], [(e,) for e in sorted(events)])
+
+    def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        now = time.time() if params.now is None else params.now
+        with self._write() as cur:
+            rows = cur.execute(
+                Q["outbox_claim"], {"now": now, "until": now + params.lease_seconds, "limit": params.limit}
+            ).fetchall()
+        return sorted((outbox_event(row) for row in rows), key=lambda e: e.id)
+
+    def outbox_settle(self, settles: list[OutboxSettle]) -> None:
+        with self._write() as cur:
+            cur.executemany(Q["outbox_drop"], [(int(s.id),) for s in settles if s.retry_at is None])
+            cur.executemany(
+                Q["outbox_retry"],
+                [(s.retry_at, dump_list(s.done), int(s.id)) for s in settles if s.retry_at is not None],
+            )
+
+    def outbox_size(self) -> int:
+        row = self.conn.execute(Q["outbox_size"]).fetchone()
+        return int(row[0])
+
+
+class AdminOps(OutboxOps):
     """One method per ``AdminStore`` and ``WorkerRegistry`` operation (bar heartbeats)."""
 
     def worker_register(self, info: WorkerInfo) -> None:

@@ -1,4 +1,4 @@
-"""Long-running commands: ``worker``, ``demo`` and ``bench``."""
+"""Long-running commands: ``worker``, ``notifier``, ``demo`` and ``bench``."""
 
 import asyncio
 from enum import StrEnum
@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import JsonOpt, LogFormatOpt, LogLevelOpt, UrlOpt, load_app, split_csv, start_logging
+from conveyor.app import Conveyor
+from conveyor.backends.base import OutboxStore
+from conveyor.cli.common import (
+    JsonOpt,
+    LogFormatOpt,
+    LogLevelOpt,
+    UrlOpt,
+    connect,
+    load_app,
+    split_csv,
+    start_logging,
+)
 from conveyor.errors import InvalidInput
 from conveyor.worker import WorkerOptions, run_worker
 
@@ -24,6 +35,7 @@ def register(cli: typer.Typer) -> None:
     cli.command(rich_help_panel=PANEL)(worker)
     cli.command(rich_help_panel=PANEL)(demo)
     cli.command(rich_help_panel=PANEL)(bench)
+    cli.command(rich_help_panel=PANEL)(notifier)
 
 
 def worker(
@@ -42,6 +54,10 @@ def worker(
         int | None,
         typer.Option(help="Serve this process's Prometheus histograms on this port (/metrics).", min=1, max=65535),
     ] = None,
+    notify: Annotated[
+        bool,
+        typer.Option("--notify/--no-notify", help="Deliver configured notifications from this worker."),
+    ] = True,
     url: UrlOpt = None,
     log_format: LogFormatOpt = None,
     log_level: LogLevelOpt = "info",
@@ -67,8 +83,47 @@ def worker(
         install_signals=True,
         scheduler=scheduler,
         metrics=metrics,
+        notify=notify,
     )
     asyncio.run(run_worker(app, options))
+
+
+def notifier(
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop recording events (clear the engine's subscriptions) and exit.")
+    ] = False,
+    url: UrlOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Deliver webhooks and email for task events until SIGTERM/SIGINT (workers also do this)."""
+    start_logging(log_format, log_level)
+    with connect(url) as app:
+        cfg = app.settings.notifications
+        if not off and not cfg.enabled:
+            raise InvalidInput("no notification targets configured: add notifications.webhooks or .emails")
+        asyncio.run(_notify(app, off))
+
+
+async def _notify(app: Conveyor, off: bool) -> None:
+    import signal
+
+    from conveyor.notify import run_notifier
+
+    backend = await app.backend()
+    try:
+        if not isinstance(backend, OutboxStore):
+            raise InvalidInput(f"the {type(backend).__name__} engine has no outbox yet")
+        if off:
+            await backend.outbox_subscribe(frozenset())
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_notifier(backend, app.settings.notifications, stop)
+    finally:
+        await app.aclose()
 
 
 def demo(

@@ -38,6 +38,7 @@ from conveyor.backends.base import (
     ClaimParams,
     HeartbeatParams,
     Lease,
+    OutboxStore,
     Outcome,
     ReapParams,
     ReleaseParams,
@@ -49,6 +50,7 @@ from conveyor.features.limits import configured_updates
 from conveyor.ids import new_id
 from conveyor.logs import worker_id_var
 from conveyor.models import ClaimedTask, TaskError, WorkerInfo, WorkerState, to_dt
+from conveyor.notify import run_notifier
 from conveyor.retry import decide
 from conveyor.worker.completer import Completer
 from conveyor.worker.pools import Pool, make_pool
@@ -80,6 +82,7 @@ class WorkerOptions:
     install_signals: bool = False
     scheduler: bool | None = None  # fire the app's schedules (default: settings.worker.scheduler)
     metrics: WorkerMetrics | None = None  # record histograms (``conveyor worker --metrics-port``)
+    notify: bool = True  # deliver notifications when ``settings.notifications`` has targets
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
 
@@ -137,6 +140,12 @@ class Worker:
         run_scheduler = self.cfg.scheduler if self.opts.scheduler is None else self.opts.scheduler
         if run_scheduler and self.app.schedules:
             loops.append(asyncio.create_task(Scheduler(self.app).run(), name="scheduler"))
+        notifications = self.app.settings.notifications
+        if self.opts.notify and notifications.enabled:
+            if isinstance(backend, OutboxStore):
+                loops.append(asyncio.create_task(run_notifier(backend, notifications, self._stop), name="notifier"))
+            else:
+                log.error("notifications are configured but %s has no outbox yet", type(backend).__name__)
         try:
             await self._claim_loop()
         finally:

@@ -515,3 +515,23 @@ WHERE state {from:claim} AND queue = :queue
 
 -- name: task_names
 SELECT id, name FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: outbox_unsubscribe_all
+DELETE FROM outbox_subscriptions;
+
+-- name: outbox_subscribe
+INSERT INTO outbox_subscriptions (event) VALUES (?);
+
+-- name: outbox_claim
+UPDATE outbox SET next_at = :until, deliveries = deliveries + 1
+WHERE id IN (SELECT id FROM outbox WHERE next_at <= :now ORDER BY next_at, id LIMIT :limit)
+RETURNING id, event, task_id, workflow_id, queue, name, state, attempt, at, deliveries, done;
+
+-- name: outbox_drop
+DELETE FROM outbox WHERE id = ?;
+
+-- name: outbox_retry
+UPDATE outbox SET next_at = ?, done = ? WHERE id = ?;
+
+-- name: outbox_size
+SELECT count(*) FROM outbox;

@@ -1,0 +1,259 @@
+"""Notifications: webhooks and email on task events, at least once, from the outbox.
+
+The engine records each subscribed event in the same atomic step as the transition
+that causes it (``OutboxStore``), so an event exists exactly when its transition
+committed. A ``Notifier`` (run by every worker when ``notifications`` are configured,
+or alone by ``conveyor notifier``) claims due events in batches under a lease, sends
+each to the targets whose ``events``/``queues``/``tasks`` match, and settles the batch:
+delivered events are dropped, the rest come back after an exponential backoff,
+remembering which targets already have them. A deliverer killed mid-batch loses
+nothing: its lease lapses and another takes the events again, so a receiver may see
+an event twice and should dedupe on the ``Conveyor-Event-Id`` header.
+
+Webhooks are POSTs of a JSON body signed with HMAC-SHA256 over ``"<timestamp>." +
+body`` in the ``Conveyor-Signature`` header (``t=<unix seconds>,v1=<hex digest>``);
+receivers check it with ``verify``. Email goes through ``smtplib`` on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, Protocol
+
+from conveyor.backends.base import OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore
+from conveyor.config import EmailTarget, NotificationsConfig, SmtpConfig, WebhookTarget
+from conveyor.errors import InvalidInput, TaskNotFound
+from conveyor.models import Task, to_dt
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("conveyor.notify")
+
+SIGNATURE_HEADER = "Conveyor-Signature"
+EVENT_HEADER = "Conveyor-Event"
+EVENT_ID_HEADER = "Conveyor-Event-Id"
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The ``Conveyor-Signature`` header value for ``body`` sent at ``timestamp``."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance: float = 300.0, now: float | None = None) -> bool:
+    """Whether ``header`` signs exactly ``body`` with ``secret``, sent within
+    ``tolerance`` seconds of ``now`` (an old signature replayed later fails)."""
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        parts.setdefault(key, []).append(value)
+    try:
+        ts = int(parts["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance:
+        return False
+    expected = sign(secret, body, ts).split("v1=", 1)[1]
+    return any(hmac.compare_digest(expected, given) for given in parts.get("v1", []))
+
+
+class Store(OutboxStore, Protocol):
+    """What a notifier needs of an engine: the outbox, and tasks to describe."""
+
+    async def task_get(self, task_id: str) -> Task: ...
+    async def workflow_get(self, workflow_id: str) -> list[Task]: ...
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One configured destination, named as the outbox remembers it."""
+
+    name: str
+    spec: WebhookTarget | EmailTarget
+
+    def wants(self, event: OutboxEvent) -> bool:
+        spec = self.spec
+        return (
+            event.event in spec.events
+            and (not spec.queues or event.queue in spec.queues)
+            and (not spec.tasks or any(fnmatch.fnmatchcase(event.name, p) for p in spec.tasks))
+        )
+
+
+def _targets(cfg: NotificationsConfig) -> list[_Target]:
+    out = [_Target(t.name or t.url, t) for t in cfg.webhooks]
+    out += [_Target(t.name or ",".join(t.to), t) for t in cfg.emails]
+    names = [t.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidInput(f"notification targets need distinct names; repeated: {', '.join(dupes)}")
+    return out
+
+
+class Notifier:
+    """Delivers the outbox's events to the configured targets until ``stop()``."""
+
+    def __init__(self, backend: Store, cfg: NotificationsConfig, *, http: httpx.AsyncClient | None = None) -> None:
+        self.backend = backend
+        self.cfg = cfg
+        self.targets = _targets(cfg)
+        self.delivered = 0  # events this notifier finished (every target has them)
+        self._http = http
+        self._own_http = http is None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def subscribe(self) -> None:
+        """Ask the engine to record the events the targets want (cluster-wide)."""
+        await self.backend.outbox_subscribe(self.cfg.events())
+
+    async def run(self) -> None:
+        """Deliver rounds back to back while there is work, else wait ``poll_interval``."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    busy = await self.deliver_once() >= self.cfg.batch
+                except Exception:  # an engine outage or a bug: log it and keep going
+                    log.exception("notification round failed; retrying")
+                    busy = False
+                if not busy:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval)
+        finally:
+            if self._own_http and self._http is not None:
+                await self._http.aclose()
+                self._http = None
+
+    async def deliver_once(self, now: float | None = None) -> int:
+        """One round: claim due events, send them, settle them; returns how many were claimed."""
+        events = await self.backend.outbox_claim(
+            OutboxClaimParams(limit=self.cfg.batch, lease_seconds=self.cfg.lease_seconds, now=now)
+        )
+        if events:
+            settles = await asyncio.gather(*(self._deliver(e) for e in events))
+            await self.backend.outbox_settle(settles)
+        return len(events)
+
+    async def _deliver(self, event: OutboxEvent) -> OutboxSettle:
+        pending = [t for t in self.targets if t.wants(event) and t.name not in event.done]
+        done = list(event.done)
+        if pending:
+            body = await self._body(event)
+            sent = await asyncio.gather(*(self._send(t, event, body) for t in pending))
+            done += [t.name for t, ok in zip(pending, sent, strict=True) if ok]
+        missing = [t.name for t in pending if t.name not in done]
+        if not missing:
+            self.delivered += 1
+            return OutboxSettle(event.id)
+        if event.deliveries >= self.cfg.max_deliveries:
+            log.error(
+                "giving up on %s %s for task %s after %d rounds; not delivered to %s",
+                event.event, event.id, event.task_id, event.deliveries, ", ".join(missing),
+            )  # fmt: skip
+            return OutboxSettle(event.id)
+        delay = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (event.deliveries - 1))
+        return OutboxSettle(event.id, retry_at=time.time() + delay, done=tuple(done))
+
+    async def _body(self, event: OutboxEvent) -> bytes:
+        doc: dict[str, Any] = {
+            "id": event.id,
+            "event": event.event,
+            "occurred_at": to_dt(event.at),
+            "task_id": event.task_id,
+            "workflow_id": event.workflow_id,
+            "queue": event.queue,
+            "name": event.name,
+            "state": event.state,
+            "attempt": event.attempt,
+        }
+        if event.event == "workflow.finished" and event.workflow_id is not None:
+            nodes = await self.backend.workflow_get(event.workflow_id)
+            doc["workflow"] = {
+                "id": event.workflow_id,
+                "tasks": [{"id": t.id, "key": t.workflow_key, "name": t.name, "state": t.state} for t in nodes],
+            }
+        else:
+            try:
+                doc["task"] = (await self.backend.task_get(event.task_id)).model_dump(mode="json")
+            except TaskNotFound:  # purged since: the event still says what happened
+                doc["task"] = None
+        return json.dumps(doc, default=str, separators=(",", ":")).encode()
+
+    async def _send(self, target: _Target, event: OutboxEvent, body: bytes) -> bool:
+        try:
+            if isinstance(target.spec, WebhookTarget):
+                await self._post(target.spec, event, body)
+            else:
+                await asyncio.to_thread(_send_mail, self.cfg.smtp, target.spec, event, body)
+        except Exception as exc:  # the receiver is down or refused: retried later
+            log.warning("notification %s %s to %s failed: %s", event.event, event.id, target.name, exc)
+            return False
+        return True
+
+    async def _post(self, spec: WebhookTarget, event: OutboxEvent, body: bytes) -> None:
+        if self._http is None:
+            try:
+                import httpx
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise InvalidInput("webhooks need httpx: pip install 'conveyor[notify]'") from exc
+            self._http = httpx.AsyncClient()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(spec.secret, body),
+            EVENT_HEADER: event.event,
+            EVENT_ID_HEADER: event.id,
+            "User-Agent": "conveyor-notify",
+        }
+        response = await self._http.post(spec.url, content=body, headers=headers, timeout=spec.timeout)
+        response.raise_for_status()
+
+
+def _send_mail(smtp: SmtpConfig, spec: EmailTarget, event: OutboxEvent, body: bytes) -> None:
+    msg = EmailMessage()
+    msg["Subject"] = f"[conveyor] {event.event}: {event.name} {event.task_id}"
+    msg["From"] = smtp.sender
+    msg["To"] = ", ".join(spec.to)
+    msg[EVENT_ID_HEADER] = event.id
+    msg.set_content(json.dumps(json.loads(body), indent=2))
+    cls = smtplib.SMTP_SSL if smtp.security == "tls" else smtplib.SMTP
+    with cls(smtp.host, smtp.port, timeout=smtp.timeout) as client:
+        if smtp.security == "starttls":
+            client.starttls(context=ssl.create_default_context())
+        if smtp.username:
+            client.login(smtp.username, smtp.password or "")
+        client.send_message(msg, from_addr=smtp.sender, to_addrs=list(spec.to))
+
+
+async def run_notifier(backend: Store, cfg: NotificationsConfig, stop: asyncio.Event) -> None:
+    """Subscribe, then deliver until ``stop`` is set (what workers and ``conveyor notifier`` run)."""
+    notifier = Notifier(backend, cfg)
+    await notifier.subscribe()
+    log.info(
+        "delivering notifications for %s to %s",
+        ", ".join(sorted(cfg.events())), ", ".join(t.name for t in notifier.targets),
+    )  # fmt: skip
+    waiter = asyncio.create_task(stop.wait())
+    runner = asyncio.create_task(notifier.run())
+    await asyncio.wait([waiter, runner], return_when=asyncio.FIRST_COMPLETED)
+    notifier.stop()
+    waiter.cancel()
+    await runner
+
+
+__all__: Sequence[str] = ["Notifier", "SIGNATURE_HEADER", "run_notifier", "sign", "verify"]

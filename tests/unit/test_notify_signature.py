@@ -1,0 +1,42 @@
+"""Webhook signatures: what ``verify`` accepts and what it refuses."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conveyor.notify import sign, verify
+
+SECRET = "s3cret-s3cret-s3cret"
+BODY = b'{"event":"task.succeeded","id":"00000000000000000001"}'
+
+
+def test_a_fresh_signature_verifies() -> None:
+    assert verify(SECRET, BODY, sign(SECRET, BODY))
+
+
+def test_another_body_secret_or_digest_fails() -> None:
+    header = sign(SECRET, BODY)
+    assert not verify(SECRET, BODY + b" ", header)
+    assert not verify("another-secret-value", BODY, header)
+    assert not verify(SECRET, BODY, header[:-1] + ("0" if header[-1] != "0" else "1"))
+
+
+def test_an_old_or_future_timestamp_fails_even_if_the_digest_is_right() -> None:
+    now = time.time()
+    assert not verify(SECRET, BODY, sign(SECRET, BODY, int(now) - 301), now=now)
+    assert not verify(SECRET, BODY, sign(SECRET, BODY, int(now) + 301), now=now)
+    assert verify(SECRET, BODY, sign(SECRET, BODY, int(now) - 100), now=now)
+
+
+def test_moving_the_timestamp_breaks_the_digest() -> None:
+    ts = int(time.time())
+    digest = sign(SECRET, BODY, ts).split("v1=")[1]
+    assert not verify(SECRET, BODY, f"t={ts - 1},v1={digest}")
+
+
+@given(st.text(max_size=200))
+def test_garbage_headers_never_verify(header: str) -> None:
+    assert not verify(SECRET, BODY, header)
