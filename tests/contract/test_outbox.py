@@ -48,7 +48,7 @@ async def test_nothing_is_recorded_without_a_subscription(backend: Backend) -> N
 
 
 async def test_unknown_event_names_are_refused(backend: Backend) -> None:
-    with pytest.raises(InvalidInput, match="task.exploded"):
+    with pytest.raises(InvalidInput, match=r"task\.exploded"):
         await backend.outbox_subscribe(frozenset({"task.succeeded", "task.exploded"}))
 
 
@@ -171,9 +171,7 @@ async def test_settle_drops_delivered_events_and_reschedules_the_rest_with_what_
     await backend.task_finish_many([complete(c) for c in await claim(backend, 3)])
     now = time.time()
     first, second, third = await _drain(backend, now)
-    await backend.outbox_settle(
-        [OutboxSettle(first.id), OutboxSettle(second.id, retry_at=now + 100, done=("hook-a",))]
-    )
+    await backend.outbox_settle([OutboxSettle(first.id), OutboxSettle(second.id, retry_at=now + 100, done=("hook-a",))])
     assert await backend.outbox_size() == 2
     assert await _drain(backend, now + 50) == []  # second waits for its retry; third is leased
     later = await _drain(backend, now + 101)
