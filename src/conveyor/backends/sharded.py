@@ -52,11 +52,16 @@ from conveyor.backends.base import (
     EnqueueParams,
     HeartbeatParams,
     ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
+    OutboxStore,
     Outcome,
     ReapParams,
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_events,
 )
 from conveyor.backends.ring import HashRing
 from conveyor.errors import ConveyorError, InvalidInput, QueueFull, TaskNotFound
@@ -539,6 +544,41 @@ class ShardedBackend:
             throughput_per_second=sum(stats.throughput_per_second for stats in every),
             open_breakers=sorted({name for stats in every for name in stats.open_breakers}),
         )
+
+    # --- outbox ------------------------------------------------------------------------
+    # Each shard records the events of its own tasks (a workflow lives on one shard, so
+    # workflow.finished is decided there); ids gain the shard's index, so a settle goes
+    # back to the shard that leased the event.
+
+    def _outbox(self, shard: int) -> OutboxStore:
+        engine = self.shards[shard]
+        if not isinstance(engine, OutboxStore):
+            raise InvalidInput(f"shard {shard} ({type(engine).__name__}) has no outbox yet")
+        return engine
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        check_events(events)
+        await asyncio.gather(*(self._outbox(i).outbox_subscribe(events) for i in range(len(self.shards))))
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        async def take(shard: int, limit: int) -> list[OutboxEvent]:
+            events = await self._outbox(shard).outbox_claim(replace(params, limit=limit)) if limit else []
+            return [replace(e, id=f"{shard}-{e.id}") for e in events]
+
+        got = await self._spread(params.limit, take, len)
+        return sorted((e for _, events in got for e in events), key=lambda e: (e.at, e.id))
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        by_shard: dict[int, list[OutboxSettle]] = {}
+        for settle in settles:
+            shard, _, local = settle.id.partition("-")
+            if not shard.isdigit() or int(shard) >= len(self.shards) or not local:
+                raise InvalidInput(f"not an outbox event id of this ring: {settle.id!r}")
+            by_shard.setdefault(int(shard), []).append(replace(settle, id=local))
+        await asyncio.gather(*(self._outbox(i).outbox_settle(part) for i, part in by_shard.items()))
+
+    async def outbox_size(self) -> int:
+        return sum(await asyncio.gather(*(self._outbox(i).outbox_size() for i in range(len(self.shards)))))
 
     # --- flow control --------------------------------------------------------------------
 
