@@ -29,13 +29,14 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.backends.base import OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore
 from conveyor.config import EmailTarget, NotificationsConfig, SmtpConfig, WebhookTarget
 from conveyor.errors import InvalidInput, TaskNotFound
-from conveyor.models import Task, to_dt
+from conveyor.models import Task
 
 if TYPE_CHECKING:
     import httpx
@@ -174,7 +175,7 @@ class Notifier:
         doc: dict[str, Any] = {
             "id": event.id,
             "event": event.event,
-            "occurred_at": to_dt(event.at),
+            "occurred_at": datetime.fromtimestamp(event.at, UTC).isoformat(),
             "task_id": event.task_id,
             "workflow_id": event.workflow_id,
             "queue": event.queue,
