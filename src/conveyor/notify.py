@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor.backends.base import OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore
+from conveyor.backends.base import ListParams, OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore, TaskFilter
 from conveyor.config import EmailTarget, NotificationsConfig, SmtpConfig, WebhookTarget
-from conveyor.errors import InvalidInput, TaskNotFound
-from conveyor.models import Task
+from conveyor.errors import InvalidInput
+from conveyor.models import Page, Task
 
 if TYPE_CHECKING:
     import httpx
@@ -46,6 +46,7 @@ log = logging.getLogger("conveyor.notify")
 SIGNATURE_HEADER = "Conveyor-Signature"
 EVENT_HEADER = "Conveyor-Event"
 EVENT_ID_HEADER = "Conveyor-Event-Id"
+MAX_CONNECTIONS = 16  # per notifier: a round's requests share kept-alive connections
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -75,7 +76,7 @@ def verify(secret: str, body: bytes, header: str, *, tolerance: float = 300.0, n
 class Store(OutboxStore, Protocol):
     """What a notifier needs of an engine: the outbox, and tasks to describe."""
 
-    async def task_get(self, task_id: str) -> Task: ...
+    async def task_list(self, params: ListParams) -> Page: ...
     async def workflow_get(self, workflow_id: str) -> list[Task]: ...
 
 
@@ -147,15 +148,20 @@ class Notifier:
             OutboxClaimParams(limit=self.cfg.batch, lease_seconds=self.cfg.lease_seconds, now=now)
         )
         if events:
-            settles = await asyncio.gather(*(self._deliver(e) for e in events))
+            wanted = [e.task_id for e in events if e.event != "workflow.finished"]
+            page = (
+                await self.backend.task_list(ListParams(TaskFilter(ids=wanted), limit=len(wanted))) if wanted else None
+            )
+            tasks = {t.id: t for t in page.items} if page else {}
+            settles = await asyncio.gather(*(self._deliver(e, tasks.get(e.task_id)) for e in events))
             await self.backend.outbox_settle(settles)
         return len(events)
 
-    async def _deliver(self, event: OutboxEvent) -> OutboxSettle:
+    async def _deliver(self, event: OutboxEvent, task: Task | None) -> OutboxSettle:
         pending = [t for t in self.targets if t.wants(event) and t.name not in event.done]
         done = list(event.done)
         if pending:
-            body = await self._body(event)
+            body = await self._body(event, task)
             sent = await asyncio.gather(*(self._send(t, event, body) for t in pending))
             done += [t.name for t, ok in zip(pending, sent, strict=True) if ok]
         missing = [t.name for t in pending if t.name not in done]
@@ -171,7 +177,7 @@ class Notifier:
         delay = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (event.deliveries - 1))
         return OutboxSettle(event.id, retry_at=time.time() + delay, done=tuple(done))
 
-    async def _body(self, event: OutboxEvent) -> bytes:
+    async def _body(self, event: OutboxEvent, task: Task | None) -> bytes:
         doc: dict[str, Any] = {
             "id": event.id,
             "event": event.event,
@@ -189,11 +195,8 @@ class Notifier:
                 "id": event.workflow_id,
                 "tasks": [{"id": t.id, "key": t.workflow_key, "name": t.name, "state": t.state} for t in nodes],
             }
-        else:
-            try:
-                doc["task"] = (await self.backend.task_get(event.task_id)).model_dump(mode="json")
-            except TaskNotFound:  # purged since: the event still says what happened
-                doc["task"] = None
+        else:  # read in one batch for the round; None if purged since
+            doc["task"] = None if task is None else task.model_dump(mode="json")
         return json.dumps(doc, default=str, separators=(",", ":")).encode()
 
     async def _send(self, target: _Target, event: OutboxEvent, body: bytes) -> bool:
@@ -213,7 +216,7 @@ class Notifier:
                 import httpx
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise InvalidInput("webhooks need httpx: pip install 'conveyor[notify]'") from exc
-            self._http = httpx.AsyncClient()
+            self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(spec.secret, body),

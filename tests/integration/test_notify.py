@@ -56,6 +56,8 @@ def receiver() -> Iterator[Receiver]:
     rec = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             time.sleep(rec.delay)
@@ -66,6 +68,7 @@ def receiver() -> Iterator[Receiver]:
                 else:
                     rec.requests.append(({k: v for k, v in self.headers.items()}, body))
                     self.send_response(204)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:

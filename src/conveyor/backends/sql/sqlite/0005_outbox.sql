@@ -2,7 +2,8 @@
 -- statement that changes a task's state, so an event exists if and only if its
 -- transition committed, whichever operation or process made it. A trigger does
 -- nothing unless its event is in outbox_subscriptions (written by outbox_subscribe),
--- so the outbox costs one lookup in an empty table per state change when it is off.
+-- so the outbox costs one lookup in an empty table per finished attempt when it is off
+-- (claims and other moves into non-final states do not run it at all).
 -- Ids increase, so due events are delivered oldest first; the partial unique index
 -- keeps one undelivered workflow.finished per workflow (INSERT OR IGNORE).
 
@@ -27,7 +28,8 @@ CREATE UNIQUE INDEX outbox_workflow_once ON outbox (workflow_id) WHERE event = '
 
 -- One trigger, so the events of one transition are recorded in a fixed order.
 CREATE TRIGGER outbox_record AFTER UPDATE OF state ON tasks
-WHEN old.state IS NOT new.state AND EXISTS (SELECT 1 FROM outbox_subscriptions)
+WHEN new.state IN ('succeeded', 'retrying', 'failed', 'cancelled') AND old.state IS NOT new.state
+ AND EXISTS (SELECT 1 FROM outbox_subscriptions)
 BEGIN
     INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at)
     SELECT 'task.succeeded', new.id, new.workflow_id, new.queue, new.name, new.state, new.attempts,
