@@ -133,6 +133,7 @@ class WebhookTarget(_Target):
     url: str = Field(pattern=r"^https?://")
     secret: str = Field(min_length=16)
     timeout: float = Field(default=10.0, gt=0, le=300)
+    batch: int = Field(default=1, ge=1, le=1000)  # events per request; >1 posts {"events": [...]}
 
 
 class EmailTarget(_Target):

@@ -147,24 +147,25 @@ class Notifier:
         events = await self.backend.outbox_claim(
             OutboxClaimParams(limit=self.cfg.batch, lease_seconds=self.cfg.lease_seconds, now=now)
         )
-        if events:
-            wanted = [e.task_id for e in events if e.event != "workflow.finished"]
-            page = (
-                await self.backend.task_list(ListParams(TaskFilter(ids=wanted), limit=len(wanted))) if wanted else None
-            )
-            tasks = {t.id: t for t in page.items} if page else {}
-            settles = await asyncio.gather(*(self._deliver(e, tasks.get(e.task_id)) for e in events))
-            await self.backend.outbox_settle(settles)
+        if not events:
+            return 0
+        docs = await self._docs(events)
+        done = {e.id: set(e.done) for e in events}
+        sends: list[tuple[_Target, list[OutboxEvent]]] = []
+        for target in self.targets:
+            mine = [e for e in events if target.wants(e) and target.name not in e.done]
+            size = target.spec.batch if isinstance(target.spec, WebhookTarget) else 1
+            sends += [(target, mine[i : i + size]) for i in range(0, len(mine), size)]
+        results = await asyncio.gather(*(self._send(target, chunk, docs) for target, chunk in sends))
+        for (target, chunk), ok in zip(sends, results, strict=True):
+            if ok:
+                for event in chunk:
+                    done[event.id].add(target.name)
+        await self.backend.outbox_settle([self._settle(e, done[e.id]) for e in events])
         return len(events)
 
-    async def _deliver(self, event: OutboxEvent, task: Task | None) -> OutboxSettle:
-        pending = [t for t in self.targets if t.wants(event) and t.name not in event.done]
-        done = list(event.done)
-        if pending:
-            body = await self._body(event, task)
-            sent = await asyncio.gather(*(self._send(t, event, body) for t in pending))
-            done += [t.name for t, ok in zip(pending, sent, strict=True) if ok]
-        missing = [t.name for t in pending if t.name not in done]
+    def _settle(self, event: OutboxEvent, done: set[str]) -> OutboxSettle:
+        missing = [t.name for t in self.targets if t.wants(event) and t.name not in done]
         if not missing:
             self.delivered += 1
             return OutboxSettle(event.id)
@@ -175,57 +176,80 @@ class Notifier:
             )  # fmt: skip
             return OutboxSettle(event.id)
         delay = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (event.deliveries - 1))
-        return OutboxSettle(event.id, retry_at=time.time() + delay, done=tuple(done))
+        return OutboxSettle(event.id, retry_at=time.time() + delay, done=tuple(sorted(done)))
 
-    async def _body(self, event: OutboxEvent, task: Task | None) -> bytes:
-        doc: dict[str, Any] = {
-            "id": event.id,
-            "event": event.event,
-            "occurred_at": datetime.fromtimestamp(event.at, UTC).isoformat(),
-            "task_id": event.task_id,
-            "workflow_id": event.workflow_id,
-            "queue": event.queue,
-            "name": event.name,
-            "state": event.state,
-            "attempt": event.attempt,
-        }
-        if event.event == "workflow.finished" and event.workflow_id is not None:
-            nodes = await self.backend.workflow_get(event.workflow_id)
-            doc["workflow"] = {
-                "id": event.workflow_id,
-                "tasks": [{"id": t.id, "key": t.workflow_key, "name": t.name, "state": t.state} for t in nodes],
+    async def _docs(self, events: list[OutboxEvent]) -> dict[str, dict[str, Any]]:
+        """Each event as its JSON document; the round's tasks are read in one listing."""
+        wanted = [e.task_id for e in events if e.event != "workflow.finished"]
+        tasks: dict[str, Task] = {}
+        if wanted:
+            page = await self.backend.task_list(ListParams(TaskFilter(ids=wanted), limit=len(wanted)))
+            tasks = {t.id: t for t in page.items}
+        docs = {}
+        for event in events:
+            doc: dict[str, Any] = {
+                "id": event.id,
+                "event": event.event,
+                "occurred_at": datetime.fromtimestamp(event.at, UTC).isoformat(),
+                "task_id": event.task_id,
+                "workflow_id": event.workflow_id,
+                "queue": event.queue,
+                "name": event.name,
+                "state": event.state,
+                "attempt": event.attempt,
             }
-        else:  # read in one batch for the round; None if purged since
-            doc["task"] = None if task is None else task.model_dump(mode="json")
-        return json.dumps(doc, default=str, separators=(",", ":")).encode()
+            if event.event == "workflow.finished" and event.workflow_id is not None:
+                nodes = await self.backend.workflow_get(event.workflow_id)
+                doc["workflow"] = {
+                    "id": event.workflow_id,
+                    "tasks": [{"id": t.id, "key": t.workflow_key, "name": t.name, "state": t.state} for t in nodes],
+                }
+            else:  # None if purged since: the event still says what happened
+                task = tasks.get(event.task_id)
+                doc["task"] = None if task is None else task.model_dump(mode="json")
+            docs[event.id] = doc
+        return docs
 
-    async def _send(self, target: _Target, event: OutboxEvent, body: bytes) -> bool:
+    async def _send(self, target: _Target, chunk: list[OutboxEvent], docs: dict[str, dict[str, Any]]) -> bool:
         try:
             if isinstance(target.spec, WebhookTarget):
-                await self._post(target.spec, event, body)
+                await self._post(target.spec, chunk, docs)
             else:
-                await asyncio.to_thread(_send_mail, self.cfg.smtp, target.spec, event, body)
+                (event,) = chunk
+                await asyncio.to_thread(_send_mail, self.cfg.smtp, target.spec, event, _dumps(docs[event.id]))
         except Exception as exc:  # the receiver is down or refused: retried later
-            log.warning("notification %s %s to %s failed: %s", event.event, event.id, target.name, exc)
+            what = chunk[0].event if len(chunk) == 1 else f"{len(chunk)} events"
+            log.warning("notification %s %s to %s failed: %s", what, chunk[0].id, target.name, exc)
             return False
         return True
 
-    async def _post(self, spec: WebhookTarget, event: OutboxEvent, body: bytes) -> None:
+    async def _post(self, spec: WebhookTarget, chunk: list[OutboxEvent], docs: dict[str, dict[str, Any]]) -> None:
         if self._http is None:
             try:
                 import httpx
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise InvalidInput("webhooks need httpx: pip install 'conveyor[notify]'") from exc
             self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
+        if spec.batch == 1:
+            (event,) = chunk
+            body = _dumps(docs[event.id])
+            kind, ids = event.event, event.id
+        else:
+            body = _dumps({"events": [docs[e.id] for e in chunk]})
+            kind, ids = "batch", ",".join(e.id for e in chunk)
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(spec.secret, body),
-            EVENT_HEADER: event.event,
-            EVENT_ID_HEADER: event.id,
+            EVENT_HEADER: kind,
+            EVENT_ID_HEADER: ids,
             "User-Agent": "conveyor-notify",
         }
         response = await self._http.post(spec.url, content=body, headers=headers, timeout=spec.timeout)
         response.raise_for_status()
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, default=str, separators=(",", ":")).encode()
 
 
 def _send_mail(smtp: SmtpConfig, spec: EmailTarget, event: OutboxEvent, body: bytes) -> None:

@@ -59,7 +59,11 @@ def receiver() -> Iterator[Receiver]:
         protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
+            size = int(self.headers["Content-Length"])
+            body = self.rfile.read(size)
+            if len(body) < size:  # the sender died mid-request (SIGKILL): nothing was delivered
+                self.close_connection = True
+                return
             time.sleep(rec.delay)
             with rec.lock:
                 if rec.down:
@@ -213,8 +217,40 @@ async def test_a_receiver_that_is_down_for_a_while_gets_everything_once_it_is_ba
         while len(receiver.ids()) < 6 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert len(receiver.ids()) == 6
+        while await backend.outbox_size() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)  # the round that delivered them settles after the last answer
         assert await backend.outbox_size() == 0  # type: ignore[attr-defined]
     finally:
         notifier.stop()
         await runner
+        await backend.close()
+
+
+async def test_a_batching_webhook_gets_several_events_per_signed_request(
+    receiver: Receiver, mailbox: tuple[Mailbox, int], tmp_path: Path
+) -> None:
+    _, smtp_port = mailbox
+    settings = notifications(receiver, smtp_port, emails=[])
+    settings["webhooks"][0]["batch"] = 4
+    settings["batch"] = 10  # one round takes all six
+    notifier_cfg = NotificationsConfig.model_validate(settings)
+    backend = make_backend(f"sqlite:///{tmp_path / 'batch.db'}")
+    await backend.open()
+    try:
+        notifier = Notifier(backend, notifier_cfg)  # type: ignore[arg-type]
+        await notifier.subscribe()
+        ids = [await submit(backend) for _ in range(6)]
+        await backend.task_finish_many([complete(c) for c in await claim(backend, 6)])
+        assert await notifier.deliver_once() == 6
+        with receiver.lock:
+            requests = list(receiver.requests)
+        assert sorted(len(json.loads(body)["events"]) for _, body in requests) == [2, 4]
+        for headers, body in requests:
+            assert headers["Conveyor-Event"] == "batch"
+            assert verify(SECRET, body, headers[SIGNATURE_HEADER])
+            assert headers[EVENT_ID_HEADER] == ",".join(e["id"] for e in json.loads(body)["events"])
+        got = sorted(e["task_id"] for _, body in requests for e in json.loads(body)["events"])
+        assert got == sorted(ids)
+        assert await backend.outbox_size() == 0  # type: ignore[attr-defined]
+    finally:
         await backend.close()
