@@ -8,7 +8,8 @@ drained by 2 worker processes), run alternately with everything off and with
 everything on: JSON logs at INFO, per-process Prometheus histograms served, and
 notifications: a webhook subscribed to ``task.succeeded``, so every task records an
 outbox event in its completion step and the workers deliver it, signed, to a local
-receiver while they run. Ratio = on / off per pair of runs; the target is >= 0.85.
+receiver while they run (``--webhook-batch`` events per request, default 100; 1 sends
+each event alone). Ratio = on / off per pair of runs; the target is >= 0.85.
 
 ``/metrics``: the API's scrape (``GET /metrics`` through the real ASGI app) with a
 backlog of ``--backlog`` tasks stored (default 1,000,000); the median of 20 scrapes,
@@ -34,6 +35,8 @@ import yaml
 
 from conveyor.backends.base import OutboxStore
 from conveyor.bench import BenchConfig, Scratch, _make_app, fill_backlog, measure_throughput
+
+SECRET = "bench-secret-0123456789"
 
 
 @contextlib.contextmanager
@@ -88,14 +91,20 @@ async def unsubscribe(url: str) -> None:
         await app.aclose()
 
 
-async def throughput_pairs(url: str | None, runs: int, n: int) -> list[tuple[float, float]]:
+async def throughput_pairs(url: str | None, runs: int, n: int, batch: int, rounds: int) -> list[tuple[float, float]]:
     cfg = BenchConfig(throughput_n=n)
     pairs = []
     with receiver() as (hook, count), tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "conveyor.yaml"
         notifications = {
             "webhooks": [
-                {"name": "bench", "url": hook, "secret": "bench-secret-0123456789", "events": ["task.succeeded"]}
+                {
+                    "name": "bench",
+                    "url": hook,
+                    "secret": "bench-secret-0123456789",
+                    "events": ["task.succeeded"],
+                    "batch": batch,
+                }
             ],
             "poll_interval": 0.2,
         }
@@ -148,9 +157,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=20_000, help="tasks per throughput run")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="tasks stored for the /metrics timing")
+    parser.add_argument("--webhook-batch", type=int, default=100, help="events per webhook request (1: one each)")
+    parser.add_argument("--round", type=int, default=100, help="events a deliverer claims per round")
     parser.add_argument("--skip-metrics", action="store_true", help="only the throughput pairs")
     args = parser.parse_args()
-    pairs = asyncio.run(throughput_pairs(args.url, args.runs, args.n))
+    pairs = asyncio.run(throughput_pairs(args.url, args.runs, args.n, args.webhook_batch, args.round))
     offs, ons = [p[0] for p in pairs], [p[1] for p in pairs]
     ratio = statistics.median(on / off for off, on in pairs)
     print(f"throughput median: off {statistics.median(offs):,.0f}/s, on {statistics.median(ons):,.0f}/s; "

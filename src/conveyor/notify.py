@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor.backends.base import ListParams, OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore, TaskFilter
+from conveyor.backends.base import OutboxClaimParams, OutboxEvent, OutboxSettle, OutboxStore
 from conveyor.config import EmailTarget, NotificationsConfig, SmtpConfig, WebhookTarget
 from conveyor.errors import InvalidInput
-from conveyor.models import Page, Task
+from conveyor.models import Task
 
 if TYPE_CHECKING:
     import httpx
@@ -74,9 +74,8 @@ def verify(secret: str, body: bytes, header: str, *, tolerance: float = 300.0, n
 
 
 class Store(OutboxStore, Protocol):
-    """What a notifier needs of an engine: the outbox, and tasks to describe."""
+    """What a notifier needs of an engine: the outbox, and workflows to describe."""
 
-    async def task_list(self, params: ListParams) -> Page: ...
     async def workflow_get(self, workflow_id: str) -> list[Task]: ...
 
 
@@ -179,12 +178,7 @@ class Notifier:
         return OutboxSettle(event.id, retry_at=time.time() + delay, done=tuple(sorted(done)))
 
     async def _docs(self, events: list[OutboxEvent]) -> dict[str, dict[str, Any]]:
-        """Each event as its JSON document; the round's tasks are read in one listing."""
-        wanted = [e.task_id for e in events if e.event != "workflow.finished"]
-        tasks: dict[str, Task] = {}
-        if wanted:
-            page = await self.backend.task_list(ListParams(TaskFilter(ids=wanted), limit=len(wanted)))
-            tasks = {t.id: t for t in page.items}
+        """Each event as its JSON document, from the event alone (a workflow's adds its nodes)."""
         docs = {}
         for event in events:
             doc: dict[str, Any] = {
@@ -197,6 +191,8 @@ class Notifier:
                 "name": event.name,
                 "state": event.state,
                 "attempt": event.attempt,
+                "result": None if event.result is None else json.loads(event.result),
+                "error": None if event.error is None else json.loads(event.error),
             }
             if event.event == "workflow.finished" and event.workflow_id is not None:
                 nodes = await self.backend.workflow_get(event.workflow_id)
@@ -204,9 +200,6 @@ class Notifier:
                     "id": event.workflow_id,
                     "tasks": [{"id": t.id, "key": t.workflow_key, "name": t.name, "state": t.state} for t in nodes],
                 }
-            else:  # None if purged since: the event still says what happened
-                task = tasks.get(event.task_id)
-                doc["task"] = None if task is None else task.model_dump(mode="json")
             docs[event.id] = doc
         return docs
 

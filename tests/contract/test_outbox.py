@@ -3,6 +3,7 @@ only when subscribed, leased to one deliverer at a time, dropped or rescheduled.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -63,6 +64,7 @@ async def test_a_success_records_one_event_with_the_task_fields(backend: Backend
     (event,) = await _drain(backend)
     assert (event.event, event.task_id, event.queue, event.name) == ("task.succeeded", task_id, "mail", "email.send")
     assert (event.state, event.attempt, event.workflow_id, event.done) == (State.SUCCEEDED, 1, None, ())
+    assert (json.loads(event.result or "null"), event.error) == (1, None)
     assert event.deliveries == 1
     assert before - 1 <= event.at <= time.time() + 1
 
@@ -81,6 +83,7 @@ async def test_failures_record_failed_and_dead_lettered_as_subscribed(backend: B
         ("task.dead_lettered", first, State.FAILED),
     ]
     assert [e.attempt for e in events] == [1, 2, 2]
+    assert all(json.loads(e.error or "{}").get("type") == "ValueError" for e in events)
     assert [e.id for e in events] == sorted(e.id for e in events)
 
 

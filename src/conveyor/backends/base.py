@@ -253,10 +253,11 @@ def check_events(events: frozenset[str]) -> None:
 class OutboxEvent:
     """One recorded event, as a deliverer claims it.
 
-    ``id`` increases in recording order (per engine; per shard on a ring). ``state``
-    and ``attempt`` are the task's at the transition; the deliverer reads the rest
-    (result, error) from the task. ``done`` names the targets that already have it,
-    so a retry after a partial failure skips them; ``deliveries`` counts the claims.
+    ``id`` increases in recording order (per engine; per shard on a ring). ``state``,
+    ``attempt``, ``result`` and ``error`` (JSON text, ``None`` if none) are the task's
+    at the transition, copied into the event so delivery never reads the task.
+    ``done`` names the targets that already have it, so a retry after a partial
+    failure skips them; ``deliveries`` counts the claims.
     """
 
     id: str
@@ -270,6 +271,8 @@ class OutboxEvent:
     at: float
     deliveries: int = 0
     done: tuple[str, ...] = ()
+    result: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,8 +108,9 @@ def task_from_decoded(row: Mapping[str, Any]) -> Task:
 
 def outbox_event(row: Sequence[Any]) -> OutboxEvent:
     """An outbox row ``(id, event, task_id, workflow_id, queue, name, state, attempt,
-    at, deliveries, done)``; ``done`` as JSON text or already a list. Ids become
-    zero-padded text, so they sort as numbers do wherever they are merged."""
+    at, deliveries, done, result, error)``; ``done`` as JSON text or already a list,
+    ``result`` and ``error`` as JSON text. Ids become zero-padded text, so they sort as
+    numbers do wherever they are merged."""
     done = row[10]
     return OutboxEvent(
         id=f"{int(row[0]):020d}",
@@ -123,6 +124,8 @@ def outbox_event(row: Sequence[Any]) -> OutboxEvent:
         at=float(row[8]),
         deliveries=int(row[9]),
         done=tuple(load_list(done) if isinstance(done, str) else done),
+        result=row[11],
+        error=row[12],
     )
 
 

@@ -227,6 +227,8 @@ class _OutboxRow:
     next_at: float
     deliveries: int = 0
     done: tuple[str, ...] = ()
+    result: str | None = None
+    error: str | None = None
 
     def public(self, key: int) -> OutboxEvent:
         return OutboxEvent(
@@ -241,6 +243,8 @@ class _OutboxRow:
             self.at,
             self.deliveries,
             self.done,
+            self.result,
+            self.error,
         )
 
 
@@ -348,7 +352,17 @@ class _Store:
     def _add_event(self, event: str, row: _Row, now: float) -> int:
         self.outbox_seq += 1
         self.outbox[self.outbox_seq] = _OutboxRow(
-            event, row.id, row.workflow_id, row.queue, row.name, row.state, row.attempts, now, next_at=now
+            event,
+            row.id,
+            row.workflow_id,
+            row.queue,
+            row.name,
+            row.state,
+            row.attempts,
+            now,
+            next_at=now,
+            result=None if row.result is None else json.dumps(row.result),
+            error=None if row.error is None else row.error.model_dump_json(),
         )
         return self.outbox_seq
 

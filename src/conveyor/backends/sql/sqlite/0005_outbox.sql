@@ -21,7 +21,9 @@ CREATE TABLE outbox (
     at          REAL NOT NULL,
     next_at     REAL NOT NULL,             -- due for (re)delivery; a claim leases by moving it
     deliveries  INTEGER NOT NULL DEFAULT 0,
-    done        TEXT NOT NULL DEFAULT '[]' -- targets that already have it (JSON array)
+    done        TEXT NOT NULL DEFAULT '[]', -- targets that already have it (JSON array)
+    result      TEXT,                       -- the task's, copied: delivery never reads tasks
+    error       TEXT
 );
 CREATE INDEX outbox_due ON outbox (next_at, id);
 CREATE UNIQUE INDEX outbox_workflow_once ON outbox (workflow_id) WHERE event = 'workflow.finished';
@@ -31,27 +33,27 @@ CREATE TRIGGER outbox_record AFTER UPDATE OF state ON tasks
 WHEN new.state IN ('succeeded', 'retrying', 'failed', 'cancelled') AND old.state IS NOT new.state
  AND EXISTS (SELECT 1 FROM outbox_subscriptions)
 BEGIN
-    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at)
+    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at, result, error)
     SELECT 'task.succeeded', new.id, new.workflow_id, new.queue, new.name, new.state, new.attempts,
-           new.updated_at, new.updated_at
+           new.updated_at, new.updated_at, new.result, new.error
     WHERE new.state = 'succeeded'
       AND EXISTS (SELECT 1 FROM outbox_subscriptions WHERE event = 'task.succeeded');
 
-    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at)
+    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at, result, error)
     SELECT 'task.failed', new.id, new.workflow_id, new.queue, new.name, new.state, new.attempts,
-           new.updated_at, new.updated_at
+           new.updated_at, new.updated_at, new.result, new.error
     WHERE old.state = 'running' AND new.state IN ('retrying', 'failed')
       AND EXISTS (SELECT 1 FROM outbox_subscriptions WHERE event = 'task.failed');
 
-    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at)
+    INSERT INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at, result, error)
     SELECT 'task.dead_lettered', new.id, new.workflow_id, new.queue, new.name, new.state, new.attempts,
-           new.updated_at, new.updated_at
+           new.updated_at, new.updated_at, new.result, new.error
     WHERE new.state = 'failed'
       AND EXISTS (SELECT 1 FROM outbox_subscriptions WHERE event = 'task.dead_lettered');
 
-    INSERT OR IGNORE INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at)
+    INSERT OR IGNORE INTO outbox (event, task_id, workflow_id, queue, name, state, attempt, at, next_at, result, error)
     SELECT 'workflow.finished', new.id, new.workflow_id, new.queue, new.name, new.state, new.attempts,
-           new.updated_at, new.updated_at
+           new.updated_at, new.updated_at, new.result, new.error
     WHERE new.workflow_id IS NOT NULL
       AND new.state IN ('succeeded', 'failed', 'cancelled')
       AND old.state NOT IN ('succeeded', 'failed', 'cancelled')

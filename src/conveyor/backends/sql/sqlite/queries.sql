@@ -15,15 +15,15 @@ lease_token = NULL,
 lease_expires_at = NULL,
 
 -- name: insert_task
--- Positional, for executemany: see sqlite_rows.insert_row (which also writes the
--- first history entry, as JSON text built in Python: cheaper than json_object per row).
+-- Positional, one row of sqlite_rows.insert_row (which also writes the first history
+-- entry, as JSON text built in Python: cheaper than json_object per row). Plain "?"
+-- placeholders, so sqlite_ops.insert_tasks can repeat the VALUES row and insert many
+-- tasks per statement (stepping one statement per row costs more than the insert).
 INSERT INTO tasks (
     id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
     idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
     workflow_id, workflow_key
-) VALUES (
-    ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18
-);
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: count_new
 -- Positional, for executemany: queue, state, priority, how many a batch inserted
@@ -525,7 +525,7 @@ INSERT INTO outbox_subscriptions (event) VALUES (?);
 -- name: outbox_claim
 UPDATE outbox SET next_at = :until, deliveries = deliveries + 1
 WHERE id IN (SELECT id FROM outbox WHERE next_at <= :now ORDER BY next_at, id LIMIT :limit)
-RETURNING id, event, task_id, workflow_id, queue, name, state, attempt, at, deliveries, done;
+RETURNING id, event, task_id, workflow_id, queue, name, state, attempt, at, deliveries, done, result, error;
 
 -- name: outbox_drop
 DELETE FROM outbox WHERE id = ?;
