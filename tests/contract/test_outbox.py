@@ -3,6 +3,7 @@ only when subscribed, leased to one deliverer at a time, dropped or rescheduled.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -21,6 +22,7 @@ from conveyor.errors import InvalidInput
 from conveyor.ids import new_id
 from conveyor.states import FailureReason, State
 
+from .conftest import OpenBackend
 from .helpers import claim, claim_one, complete, enqueue, fail, new_task, retry, single_store_only, submit
 
 ALL = frozenset(OUTBOX_EVENTS)
@@ -196,3 +198,12 @@ async def test_claim_limit_takes_the_oldest_first(backend: Backend, backend_url:
     await backend.outbox_settle([OutboxSettle(e.id, retry_at=0) for e in every])
     two = await backend.outbox_claim(OutboxClaimParams(limit=2, lease_seconds=60))
     assert [e.id for e in two] == [e.id for e in every[:2]]
+
+
+async def test_subscribers_starting_together_all_succeed(backend: Backend, open_backend: OpenBackend) -> None:
+    others = [await open_backend() for _ in range(3)]
+    events = frozenset({"task.succeeded", "task.dead_lettered"})
+    await asyncio.gather(*(b.outbox_subscribe(events) for b in [backend, *others]))
+    await submit(backend)
+    await backend.task_finish_many([complete(await claim_one(backend))])
+    assert [e.event for e in await _drain(backend)] == ["task.succeeded"]

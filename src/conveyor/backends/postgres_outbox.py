@@ -34,7 +34,8 @@ RETURNING id, event, task_id, workflow_id, queue, name, state, attempt, at, deli
 
 
 async def subscribe(conn: Conn, events: frozenset[str]) -> None:
-    async with conn.transaction():
+    async with conn.transaction():  # workers starting together take turns
+        await conn.execute("LOCK TABLE outbox_subscriptions IN SHARE ROW EXCLUSIVE MODE")
         await conn.execute("DELETE FROM outbox_subscriptions")
         if events:
             async with conn.cursor() as cur:
