@@ -1,18 +1,25 @@
-"""Bulk submits of one task type: ``submit_many`` / ``TaskDef.map``."""
+"""Bulk submits: ``submit_many`` / ``TaskDef.map`` (one task type) and ``enqueue_many`` (specs)."""
 
 from __future__ import annotations
 
 import gc
+import time
 import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, InvalidInput, QueueFull
-from conveyor.backends.base import TaskFilter
+from conveyor.backends.base import EnqueueParams, TaskFilter
+from conveyor.backends.sqlite_ops import INSERT_CHUNK
 from conveyor.config import load_settings
+from conveyor.errors import TaskExists
 from conveyor.models import TaskSpec
 from conveyor.priority import PriorityRule
+from conveyor.retry import RetryPolicy
 from conveyor.task import SubmitOptions
 
 
@@ -96,3 +103,75 @@ async def test_bulk_submits_pause_the_cyclic_collector_and_restore_it() -> None:
         assert not gc.isenabled()  # a process that turned it off keeps it off
     finally:
         gc.enable()
+
+
+async def test_enqueue_many_resolves_each_spec_as_build_does() -> None:
+    """Defaults are resolved once per distinct name and options: every task must
+    come out as ``build`` makes it, whatever the mix of specs in the batch."""
+    app = make_app(priority_rules=[PriorityRule(args={"repo": "^main$"}, priority=9)])
+
+    @app.task(name="deploy", queue="ops", priority="high", labels=["infra"], max_retries=7, timeout=30)
+    def deploy(repo: str = "") -> None: ...
+
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    specs = [
+        TaskSpec(name="deploy"),
+        TaskSpec(name="deploy", args={"repo": "main"}),
+        TaskSpec(name="deploy", queue="ops-2", delay=60),
+        TaskSpec(name="build", args={"repo": "main"}),
+        TaskSpec(name="build", args={"repo": "docs"}, run_at=at),
+        TaskSpec(name="build", args={"repo": "main"}, priority=1, idempotency_key="k1"),
+        TaskSpec(name="build", labels=["a"], requires=["gpu"], depends_on=["x"]),
+        TaskSpec(name="build", retry=RetryPolicy(max_retries=1), max_retries=2, timeout=5),
+        TaskSpec(name="build", retry=RetryPolicy(max_retries=1)),
+    ]
+    specs += [s.model_copy(deep=True) for s in specs]  # repeats take the resolved path
+    now = time.time()
+    built = app._build_many(specs, now)
+    expected = [app.build(s, now, t.id) for s, t in zip(specs, built, strict=True)]
+    assert [asdict(t) for t in built] == [asdict(t) for t in expected]
+    assert [t.priority for t in built[3:6]] == [9, 5, 1]  # rules read each task's args
+    await app.aclose()
+
+
+async def test_enqueue_many_checks_args_of_every_spec() -> None:
+    app = make_app()
+
+    @app.task(name="add")
+    def add(a: int) -> int:
+        return a
+
+    with pytest.raises(InvalidInput, match="invalid args"):
+        await app.enqueue_many_async([TaskSpec(name="add", args={"a": 1}), TaskSpec(name="add", args={"b": 1})])
+    with pytest.raises(InvalidInput, match="JSON-serializable"):
+        await app.enqueue_many_async([TaskSpec(name="t"), TaskSpec(name="t", args={"a": object()})])
+    assert (await app.list_tasks_async(TaskFilter())).items == []
+    await app.aclose()
+
+
+@pytest.mark.parametrize("count", [1, INSERT_CHUNK, 2 * INSERT_CHUNK + 7])
+async def test_sqlite_stores_every_task_of_a_batch_across_insert_chunks(tmp_path: Path, count: int) -> None:
+    """SQLite inserts ``INSERT_CHUNK`` rows per statement and the rest one by one."""
+    app = Conveyor(f"sqlite:///{tmp_path}/bulk.db")
+    specs = [TaskSpec(name="t.bulk", args={"i": i}, labels=[f"l{i % 3}"], priority=i % 11) for i in range(count)]
+    handles = await app.enqueue_many_async(specs)
+    for spec, handle in zip(specs, handles, strict=True):
+        task = await app.get_async(handle.id)
+        assert (task.args, task.labels, task.priority) == (spec.args, spec.labels, spec.priority)
+        assert task.updated_at == task.created_at and task.history[0].at == task.created_at
+    counts = {q.name: q.counts for q in await app.queues_async()}
+    assert counts["default"]["pending"] == count
+    await app.aclose()
+
+
+async def test_sqlite_batch_with_a_stored_id_stores_nothing(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path}/bulk.db")
+    (first,) = await app.enqueue_many_async([TaskSpec(name="t.bulk")])
+    now = time.time()
+    tasks = app._build_many([TaskSpec(name="t.bulk") for _ in range(2 * INSERT_CHUNK)], now)
+    tasks[INSERT_CHUNK + 3].id = first.id  # in the second multi-row statement
+    backend = await app.backend()
+    with pytest.raises(TaskExists):
+        await backend.task_enqueue_many(EnqueueParams(tasks, {}))
+    assert [t.id for t in (await app.list_tasks_async(TaskFilter())).items] == [first.id]
+    await app.aclose()

@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
+from operator import itemgetter
 from typing import Any, NoReturn
 
 from conveyor import states
@@ -47,6 +49,24 @@ _FINISH = {"complete": Q["finish_complete"], "retry": Q["finish_retry"], "fail":
 _RUNNING = states.target("claim").value
 _FAILED = states.target("fail").value
 _WAKING = (State.PENDING, State.SCHEDULED)  # new work a waiter may claim now or soon
+
+
+# Rows per multi-row INSERT: stepping one statement per row (``executemany``) cost a
+# third of a bulk submit's insert; 50 rows of 19 parameters stay far below SQLite's
+# limit of 32,766 parameters per statement.
+INSERT_CHUNK = 50
+_INSERT_HEAD, _INSERT_ROW = Q["insert_task"].rsplit("VALUES", 1)
+_INSERT_CHUNK = _INSERT_HEAD + "VALUES" + ",".join([_INSERT_ROW] * INSERT_CHUNK)
+_COUNT_KEY = itemgetter(3, 5, 4)  # queue, state, priority of an insert_row row: a count_new key
+
+
+def insert_tasks(cur: sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``insert_row`` rows: ``INSERT_CHUNK`` per statement, the rest one by one."""
+    whole = len(rows) - len(rows) % INSERT_CHUNK
+    for start in range(0, whole, INSERT_CHUNK):
+        cur.execute(_INSERT_CHUNK, list(chain.from_iterable(rows[start : start + INSERT_CHUNK])))
+    if whole < len(rows):
+        cur.executemany(Q["insert_task"], rows[whole:])
 
 
 def _claim_order(task: ClaimedTask) -> tuple[int, float, str]:
@@ -137,10 +157,10 @@ class TaskOps(Connection):
             self._check_bounds(cur, fresh, params.max_length)
             rows = [insert_row(t, state, deps.get(t.id)) for t, state in fresh]
             try:
-                cur.executemany(Q["insert_task"], rows)
+                insert_tasks(cur, rows)
             except sqlite3.IntegrityError as exc:
                 raise TaskExists(f"a task with one of these ids already exists ({exc})") from exc
-            added = Counter((t.queue, state.value, t.priority) for t, state in fresh)
+            added = Counter(map(_COUNT_KEY, rows))
             cur.executemany(Q["count_new"], [(*key, n) for key, n in added.items()])
             if deps:
                 changed = self._link_dependencies(cur, deps)

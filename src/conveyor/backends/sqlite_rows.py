@@ -53,15 +53,16 @@ def first_entry(created_at: float, state: State) -> str:
 
 
 def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None) -> tuple[Any, ...]:
-    """Positional parameters of the ``insert_task`` query; ``depends_on`` overrides
-    the task's own list (after idempotent repeats were mapped to their first task)."""
+    """Positional parameters of the ``insert_task`` query (``created_at`` twice: it is
+    also the first ``updated_at``); ``depends_on`` overrides the task's own list (after
+    idempotent repeats were mapped to their first task)."""
     return (
         task.id,
         task.name,
         dump(task.args) if task.args else "{}",
         task.queue,
         task.priority,
-        state.value,
+        state._value_,  # the plain attribute: ``.value`` is a property, 6x slower per row
         dump_list(task.labels),
         dump_list(task.requires),
         task.run_at,
@@ -70,6 +71,7 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         task.max_retries,
         task.timeout,
         dump_policy(task.retry),
+        task.created_at,
         task.created_at,
         first_entry(task.created_at, state),
         task.workflow_id,
