@@ -1,5 +1,6 @@
 """What only the PostgreSQL engine has: its URL, migrations under an advisory lock,
-index-only claims, and settling a shared child when its parents finish at once.
+index-only claims, settling a shared child when its parents finish at once, large
+submits through COPY, and a listener opened only by processes that claim or wait.
 
 The contract suite checks the engine's behaviour; these check its PostgreSQL side,
 on the real server (``tests/services.py``), each in a schema of its own.
@@ -8,6 +9,7 @@ on the real server (``tests/services.py``), each in a schema of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -17,10 +19,13 @@ import pytest
 from psycopg import sql
 
 from conveyor.backends import SCHEMES
-from conveyor.backends.base import EnqueueParams
+from conveyor.backends.base import ClaimParams, EnqueueParams, WaitParams
 from conveyor.backends.postgres import PgUrl, PostgresBackend
-from conveyor.backends.postgres_ops import claim_sql
-from conveyor.errors import BackendUnavailable, InvalidInput
+from conveyor.backends.postgres_ops import COPY_FROM, claim_sql
+from conveyor.backends.postgres_tx import enqueue_in_transaction
+from conveyor.errors import BackendUnavailable, InvalidInput, TaskExists
+from conveyor.ids import new_id
+from conveyor.models import NewTask
 from conveyor.states import State
 from tests.contract.helpers import claim_one, complete, format_url, new_task, submit
 from tests.services import drop_store, postgres_url
@@ -121,3 +126,103 @@ async def test_parents_finished_at_once_by_two_workers_release_their_child(open_
         done = await asyncio.gather(one.task_finish_many([complete(first)]), two.task_finish_many([complete(second)]))
         assert list(done) == [[True], [True]]
         assert (await one.task_get(child)).state is State.PENDING
+
+
+def _assorted(count: int) -> list[NewTask]:
+    """Tasks of every kind a submit stores: delayed, keyed, labelled, awkward text,
+    timeouts, and every tenth one waiting on the task before it."""
+    now = time.time()
+    tasks: list[NewTask] = []
+    for i in range(count):
+        tasks.append(
+            new_task(
+                name=f"t.{i % 3}",
+                args={"i": i, "text": 'tab\t newline\n backslash\\ quote" é \u2603'},
+                labels=["a\tb", "c\\d"] if i % 2 else [],
+                run_at=now + 60 if i % 5 == 0 else now,
+                created_at=now,
+                idempotency_key=f"key\t{i}" if i % 7 == 0 else None,
+                timeout=1.5 if i % 4 else None,
+                depends_on=[tasks[-1].id] if i % 10 == 9 else [],
+            )
+        )
+    return tasks
+
+
+def _renamed(tasks: list[NewTask], queue: str) -> list[NewTask]:
+    ids = {t.id: new_id() for t in tasks}
+    return [dataclasses.replace(t, id=ids[t.id], queue=queue, depends_on=[ids[d] for d in t.depends_on]) for t in tasks]
+
+
+async def test_a_large_submit_goes_through_copy_and_stores_what_small_ones_store(open_pg: Opener) -> None:
+    backend = await open_pg()
+    template = _assorted(3 * COPY_FROM)
+    big, small = _renamed(template, "big"), _renamed(template, "small")
+    stored_big = await backend.task_enqueue_many(EnqueueParams(big))
+    stored_small = []
+    for start in range(0, len(small), 10):  # below COPY_FROM: one statement each
+        stored_small += await backend.task_enqueue_many(EnqueueParams(small[start : start + 10]))
+    assert [(e.state, e.created) for e in stored_big] == [(e.state, e.created) for e in stored_small]
+    assert {e.state for e in stored_big} == {State.PENDING, State.SCHEDULED, State.WAITING}
+    skip = {"id", "queue", "depends_on"}
+    for a, b in zip(big, small, strict=True):
+        one, two = await backend.task_get(a.id), await backend.task_get(b.id)
+        assert one.model_dump(exclude=skip) == two.model_dump(exclude=skip)
+        assert one.depends_on == a.depends_on and one.history[0].at == one.updated_at
+    # a repeat of the keyed tasks is recognized, through COPY too
+    again = await backend.task_enqueue_many(EnqueueParams(_renamed(template, "big")))
+    assert [e.created for e in again] == [i % 7 != 0 for i in range(len(template))]
+
+
+async def test_a_refused_large_submit_stores_nothing(open_pg: Opener) -> None:
+    backend = await open_pg()
+    first = [new_task(queue="dup") for _ in range(COPY_FROM)]
+    await backend.task_enqueue_many(EnqueueParams(first))
+    clash = [new_task(queue="dup") for _ in range(COPY_FROM)] + [first[0]]
+    with pytest.raises(TaskExists):
+        await backend.task_enqueue_many(EnqueueParams(clash))
+    nul = [new_task(queue="dup") for _ in range(COPY_FROM)] + [new_task(queue="dup", name="bad\x00name")]
+    with pytest.raises(InvalidInput):
+        await backend.task_enqueue_many(EnqueueParams(nul))
+    nul_args = [new_task(queue="dup") for _ in range(COPY_FROM)] + [new_task(queue="dup", args={"s": "\x00"})]
+    with pytest.raises(InvalidInput):
+        await backend.task_enqueue_many(EnqueueParams(nul_args))
+    unjson = [new_task(queue="dup") for _ in range(COPY_FROM)] + [new_task(queue="dup", args={"o": object()})]
+    with pytest.raises(InvalidInput):  # found while the COPY streams: it is undone
+        await backend.task_enqueue_many(EnqueueParams(unjson))
+    assert backend._pool is not None
+    async with backend._pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM tasks WHERE queue = 'dup'")
+        assert await cur.fetchone() == (COPY_FROM,)
+
+
+async def test_only_a_claim_or_a_wait_opens_the_listener_and_copy_wakes_it(open_pg: Opener) -> None:
+    submitter, worker = await open_pg(), await open_pg()
+    await submitter.task_enqueue_many(EnqueueParams([new_task(queue="other")]))
+    assert not submitter._listener.listening and not worker._listener.listening
+    await worker.task_claim(ClaimParams(worker_id="w", limit=1, lease_seconds=30.0, queues=("woken",)))
+    assert worker._listener.listening
+    waiting = asyncio.create_task(worker.task_wait(WaitParams(("woken",), 20.0)))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await submitter.task_enqueue_many(EnqueueParams([new_task(queue="woken") for _ in range(COPY_FROM)]))
+    await asyncio.wait_for(waiting, 10)
+    assert time.monotonic() - started < 5
+    assert not submitter._listener.listening
+
+
+async def test_a_large_submit_in_the_callers_transaction_lives_and_dies_with_it(open_pg: Opener) -> None:
+    backend = await open_pg()
+    assert backend._pool is not None
+    schema = backend.pg.schema
+    async with backend._pool.connection() as conn:
+        async with conn.transaction(force_rollback=True):
+            await enqueue_in_transaction(conn, [new_task(queue="tx") for _ in range(COPY_FROM)], schema=schema)
+        taken = [new_task(queue="tx") for _ in range(COPY_FROM)]
+        async with conn.transaction():
+            await enqueue_in_transaction(conn, taken, schema=schema)
+            with pytest.raises(TaskExists):  # refused to a savepoint: the transaction goes on
+                await enqueue_in_transaction(conn, [new_task(queue="tx"), *taken], schema=schema)
+            await enqueue_in_transaction(conn, [new_task(queue="tx") for _ in range(COPY_FROM)], schema=schema)
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema)))
+        assert await cur.fetchone() == (2 * COPY_FROM,)

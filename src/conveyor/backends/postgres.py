@@ -20,11 +20,11 @@ Every object lives in ``schema`` (default ``conveyor``; lowercase letters, digit
 Operations run on a ``psycopg_pool.AsyncConnectionPool`` in autocommit mode; SQL is in
 ``sql/postgres/queries.sql``; the hot path is ``postgres_ops``, flow control
 ``postgres_flow``, admin ``postgres_admin``, wake-ups ``postgres_listen`` (one LISTEN
-connection per backend) and transactional enqueue ``postgres_tx``. A lost server
-makes each operation fail with ``BackendUnavailable`` (nothing half-written: every
-operation is one transaction, though one whose commit answer was lost may have
-happened whole) while the pool reconnects in the background with backoff; the
-worker retries claims and outcome writes until it is back.
+connection per backend, from its first claim or wait) and transactional enqueue
+``postgres_tx``. A lost server makes each operation fail with ``BackendUnavailable``
+(nothing half-written: every operation is one transaction, though one whose commit
+answer was lost may have happened whole) while the pool reconnects in the background
+with backoff; the worker retries claims and outcome writes until it is back.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor.backends import postgres_admin as admin
 from conveyor.backends import postgres_ops as ops
+from conveyor.backends import postgres_outbox as outbox
 from conveyor.backends.base import (
     CancelParams,
     Claim,
@@ -51,11 +52,15 @@ from conveyor.backends.base import (
     EnqueueParams,
     HeartbeatParams,
     ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
     Outcome,
     ReapParams,
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_events,
 )
 from conveyor.backends.postgres_listen import Listener
 from conveyor.backends.sqlfiles import load_migrations
@@ -225,14 +230,12 @@ class PostgresBackend:
             await pool.close()
             raise self._unavailable(exc) from exc
         self._pool = pool
-        self._listener.start()  # listening before the first claim: no wake-up is missed
-        try:
-            if self.auto_migrate:
+        if self.auto_migrate:
+            try:
                 await self.migrate()
-            await self._listener.ready(self.pg.connect_timeout)
-        except BaseException:
-            await self.close()
-            raise
+            except BaseException:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         await self._listener.close()
@@ -257,6 +260,7 @@ class PostgresBackend:
         return await self._run(ops.enqueue, params, self.channel, self.pg.durable_submits)
 
     async def task_claim(self, params: ClaimParams) -> Claim:
+        await self._listen()
         self._seen_seq = self._listener.seq  # work announced after this is not slept through
         return await self._run(ops.claim, params)
 
@@ -286,8 +290,7 @@ class PostgresBackend:
         """
         deadline = time.monotonic() + params.timeout
         listener = self._listener
-        listener.start()
-        await listener.ready(params.timeout)
+        await self._listen(params.timeout)
         seen = self._seen_seq
         async with listener.waiting(params.queues) as woken:
             try:
@@ -302,6 +305,15 @@ class PostgresBackend:
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), timeout)
+
+    async def _listen(self, timeout: float | None = None) -> None:
+        """Start the listener on the first claim or wait (a process that only submits
+        never listens): LISTEN is in place before that claim reads, so nothing is missed."""
+        listener = self._listener
+        if listener.listening:
+            return
+        listener.start()
+        await listener.ready(self.pg.connect_timeout if timeout is None else timeout)
 
     # --- AdminStore --------------------------------------------------------------------
 
@@ -333,6 +345,22 @@ class PostgresBackend:
 
     async def task_ahead(self, task_id: str) -> int:
         return await self._run(admin.task_ahead, task_id)
+
+    # --- OutboxStore -------------------------------------------------------------------
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        check_events(events)
+        await self._run(outbox.subscribe, events)
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        return await self._run(outbox.claim, params)
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        if settles:
+            await self._run(outbox.settle, settles)
+
+    async def outbox_size(self) -> int:
+        return await self._run(outbox.size)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

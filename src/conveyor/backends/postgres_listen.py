@@ -1,4 +1,5 @@
-"""Wake-ups for the PostgreSQL engine: one LISTEN connection per backend instance.
+"""Wake-ups for the PostgreSQL engine: one LISTEN connection per backend instance,
+opened by its first claim or wait (a process that only submits never listens).
 
 Every operation that makes work ready (a submit, a release, a retry, dependents
 released, a replay, a resumed queue) sends ``pg_notify(channel, queue)`` in its own
@@ -44,6 +45,12 @@ class Listener:
     _waiters: set[_Waiter] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether LISTEN was in place once and the listener still runs (reconnecting
+        after a lost connection counts: it wakes everyone when it is back)."""
+        return self._task is not None and not self._task.done() and self._ready is not None and self._ready.is_set()
 
     def start(self) -> None:
         """Start listening on the running loop (idempotent)."""

@@ -2,17 +2,26 @@
 
 Batches go to PostgreSQL as one JSON array of objects (read there by
 ``jsonb_to_recordset``): one parameter, one statement, whatever the batch size, and
-``json.dumps`` is cheap next to a round trip. jsonb columns come back decoded by
-psycopg; ``retry`` is text, so equal policies share one parsed instance.
+``json.dumps`` is cheap next to a round trip. Large submits are the exception: they
+stream through ``COPY`` (``copy_rows``), which spares the server parsing one big
+jsonb document and then every field out of it again. jsonb columns come back decoded
+by psycopg; ``retry`` is text, so equal policies share one parsed instance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor.backends.base import Lease, Outcome
-from conveyor.backends.codec import dump, dump_policy, load_policy, task_from_decoded, worker_from_decoded
+from conveyor.backends.codec import (
+    dump,
+    dump_list,
+    dump_policy,
+    load_policy,
+    task_from_decoded,
+    worker_from_decoded,
+)
 from conveyor.models import ClaimedTask, NewTask, WorkerInfo
 from conveyor.states import State
 
@@ -48,6 +57,49 @@ def insert_rows(
             for t, state in tasks
         ]
     )
+
+
+#: Column types of ``copy_tasks`` rows (text COPY: the jsonb columns travel as JSON text).
+COPY_TYPES = [
+    "text", "text", "text", "text", "int4", "text", "text", "text", "float8", "text",
+    "text", "int4", "float8", "text", "float8", "float8", "text", "text", "text", "bool",
+]  # fmt: skip
+
+# The first history entry (transition ``enqueue``), as insert_tasks builds it; repr()
+# is the shortest exact text of a float, so "at" reads back equal to updated_at.
+_FIRST_ENTRY = '[{"at":%r,"state":"%s","transition":"enqueue","worker_id":null,"reason":null}]'
+
+
+def copy_rows(
+    tasks: Sequence[tuple[NewTask, State]], depends: Mapping[str, list[str]], parents: set[str] | frozenset[str]
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``copy_tasks``: the same tasks as ``insert_rows``, column by column."""
+    entry: tuple[float, State | None, str] = (0.0, None, "")
+    for t, state in tasks:
+        if entry[0] != t.created_at or entry[1] is not state:  # a batch shares created_at
+            entry = (t.created_at, state, _FIRST_ENTRY % (t.created_at, state.value))
+        yield (
+            t.id,
+            t.name,
+            dump(t.args) if t.args else "{}",
+            t.queue,
+            t.priority,
+            state.value,
+            dump_list(t.labels),
+            dump_list(t.requires),
+            t.run_at,
+            dump_list(depends.get(t.id, t.depends_on)),
+            t.idempotency_key,
+            t.max_retries,
+            t.timeout,
+            dump_policy(t.retry),
+            t.created_at,
+            t.created_at,
+            entry[2],
+            t.workflow_id,
+            t.workflow_key,
+            t.id in parents,
+        )
 
 
 def outcome_rows(outcomes: Sequence[Outcome], now: float) -> str:

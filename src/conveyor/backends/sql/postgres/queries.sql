@@ -49,6 +49,21 @@ WITH added AS (
 SELECT count(pg_notify(%(channel)s, q.queue)), {include:durable}
 FROM (SELECT DISTINCT queue FROM added WHERE NOT state {from:deps_succeeded}) AS q;
 
+-- name: copy_tasks
+-- Large batches: the rows of insert_tasks streamed by COPY (postgres_rows.copy_rows,
+-- history and updated_at included), then copied_tasks, in one transaction.
+COPY tasks (
+    id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+    idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
+    workflow_id, workflow_key, has_dependents
+) FROM STDIN;
+
+-- name: copied_tasks
+-- After copy_tasks: one notification per queue in %(queues)s (those that gained ready
+-- or delayed work), and whether the commit waits for the WAL flush.
+SELECT count(pg_notify(%(channel)s, q)), {include:durable}
+FROM (SELECT DISTINCT unnest(%(queues)s::text[]) AS q) AS s;
+
 -- name: lock_keys
 -- Serializes submits that share an idempotency key or a bounded queue (transaction-scoped).
 SELECT count(pg_advisory_xact_lock(k))
