@@ -21,7 +21,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
-from conveyor import states
+from conveyor import states, tracing
 from conveyor.backends import make_backend
 from conveyor.backends.base import Backend, CancelParams, EnqueueParams, ListParams, TaskFilter
 from conveyor.config import Settings, load_settings
@@ -267,6 +267,7 @@ class Conveyor:
             max_retries=max_retries,
             timeout=timeout,
             retry=policy if isinstance(policy, RetryPolicy) else RetryPolicy(),
+            headers=tracing.headers(self.settings.tracing),
         )
 
     def _shape(self, spec: TaskSpec, now: float, task_id: str) -> _Shape:
@@ -328,15 +329,16 @@ class Conveyor:
     async def _submit_many(
         self, name: str, args_list: Sequence[dict[str, Any]], opts: SubmitOptions
     ) -> list[TaskHandle]:
-        ids = new_ids(len(args_list))
-        spec = spec_from(name, _as_args(args_list[0]), opts)
-        shape = self._shape(spec, time.time(), ids[0])
-        first = shape.first
-        new = [first]
-        for task_id, raw in zip(ids[1:], args_list[1:], strict=True):
-            new.append(shape.task(task_id, _as_args(raw), first.run_at, first.depends_on, None))
-        backend = await self.backend()
-        done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
+        with tracing.submit_span(self.settings.tracing, name, len(args_list)):
+            ids = new_ids(len(args_list))
+            spec = spec_from(name, _as_args(args_list[0]), opts)
+            shape = self._shape(spec, time.time(), ids[0])
+            first = shape.first
+            new = [first]
+            for task_id, raw in zip(ids[1:], args_list[1:], strict=True):
+                new.append(shape.task(task_id, _as_args(raw), first.run_at, first.depends_on, None))
+            backend = await self.backend()
+            done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
         return [TaskHandle(self, e.id, created=e.created) for e in done]
 
     def submit_many(
@@ -346,7 +348,9 @@ class Conveyor:
 
     async def enqueue_many_async(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
         """Submit several tasks atomically: all are stored, or none (``QueueFull``)."""
-        with _gc_paused(len(specs)):
+        if not specs:
+            return []
+        with _gc_paused(len(specs)), tracing.submit_span(self.settings.tracing, specs[0].name, len(specs)):
             new = self._build_many(specs, time.time())
             backend = await self.backend()
             done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
@@ -377,9 +381,10 @@ class Conveyor:
         stored) on a duplicate key, an unknown key, a cycle or a bad node."""
         now = time.time()
         workflow_id = new_id()
-        tasks, _ = plan(workflow_id, spec, lambda s: self.build(s, now))
-        backend = await self.backend()
-        done = await backend.task_enqueue_many(EnqueueParams(tasks, self.settings.max_lengths()))
+        with tracing.submit_span(self.settings.tracing, "workflow", len(spec.nodes)):
+            tasks, _ = plan(workflow_id, spec, lambda s: self.build(s, now))
+            backend = await self.backend()
+            done = await backend.task_enqueue_many(EnqueueParams(tasks, self.settings.max_lengths()))
         if all(e.created for e in done):
             return await self.get_workflow_async(workflow_id)
         # a node's idempotency key named an existing task: that task stands for the node
@@ -652,6 +657,9 @@ class _Shape:
             first.max_retries,
             first.timeout,
             first.retry,
+            None,
+            None,
+            first.headers,  # one submit, one context: shared, never mutated
         )
 
 

@@ -199,6 +199,7 @@ class Settings(BaseSettings):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     aging_interval: float | None = Field(default=None, ge=0)  # seconds per +1 priority; None/0: off
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    tracing: bool = False  # OpenTelemetry spans for submits and attempts (conveyor.tracing)
     auto_migrate: bool = True
 
     @classmethod

@@ -38,6 +38,7 @@ class TaskContext:
     attempt: int  # 1 on the first attempt
     workflow_id: str | None = None
     app: Conveyor | None = field(default=None, repr=False, compare=False)
+    request_id: str | None = None  # of the HTTP request that submitted the task, if one did
 
     async def parent_results_async(self) -> dict[str, Any]:
         """Results of the tasks this one depends on: by node key within a workflow,
@@ -48,9 +49,9 @@ class TaskContext:
         """``parent_results_async`` for sync task code (never call it on an event loop)."""
         return self._app().parent_results(self.task_id)
 
-    def fields(self) -> tuple[str, str, str, int, str | None]:
+    def fields(self) -> tuple[str, str, str, int, str | None, str | None]:
         """The plain fields, sent to a process-pool child (the app is not picklable)."""
-        return (self.task_id, self.name, self.queue, self.attempt, self.workflow_id)
+        return (self.task_id, self.name, self.queue, self.attempt, self.workflow_id, self.request_id)
 
     def _app(self) -> Conveyor:
         if self.app is None:

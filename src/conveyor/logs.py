@@ -8,7 +8,8 @@ lines. The JSON formatter is python-json-logger's.
 Every record gets the fields that apply where it was logged, from context variables
 rather than from each call site: ``task_id``, ``queue``, ``attempt`` inside an attempt
 (``conveyor.context``), ``worker_id`` inside a worker, ``request_id`` inside an HTTP
-request. Call sites add ``duration_ms`` and the like through ``extra``.
+request and inside the attempts of a task an HTTP request submitted (it travels in the
+task's ``headers``). Call sites add ``duration_ms`` and the like through ``extra``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class ContextFields(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = current_or_none()
+        request_id = request_id_var.get()
         if ctx is not None:
             record.task_id = ctx.task_id
             record.queue = ctx.queue
             record.attempt = ctx.attempt
+            request_id = request_id or ctx.request_id  # the submit's, carried in the task
         worker_id = worker_id_var.get()
         if worker_id is not None:
             record.worker_id = worker_id
-        request_id = request_id_var.get()
         if request_id is not None:
             record.request_id = request_id
         return True

@@ -108,6 +108,7 @@ class NewTask:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     workflow_id: str | None = None  # the workflow this task is a node of (``conveyor.workflows``)
     workflow_key: str | None = None  # its node key there
+    headers: dict[str, str] = field(default_factory=dict)  # trace context, request id (``conveyor.tracing``)
 
     @property
     def initial_state(self) -> State:
@@ -135,6 +136,7 @@ class ClaimedTask:
     created_at: float
     labels: list[str] = field(default_factory=list)
     workflow_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Task(BaseModel):
@@ -168,6 +170,9 @@ class Task(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
     workflow_id: str | None = None
     workflow_key: str | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Set by Conveyor at submit: the trace context and the HTTP request id."
+    )
 
     @property
     def terminal(self) -> bool:

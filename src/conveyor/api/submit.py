@@ -73,6 +73,7 @@ def fresh_task(new: NewTask, state: State) -> Task:
         history=[HistoryEntry.model_construct(at=created, state=state, transition="enqueue")],
         workflow_id=new.workflow_id,
         workflow_key=new.workflow_key,
+        headers=new.headers,
     )
 
 

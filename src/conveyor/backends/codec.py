@@ -102,6 +102,7 @@ def task_from_decoded(row: Mapping[str, Any]) -> Task:
             "history": history,
             "workflow_id": row["workflow_id"],
             "workflow_key": row["workflow_key"],
+            "headers": row.get("headers") or {},
         }
     )
 

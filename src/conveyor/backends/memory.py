@@ -123,6 +123,7 @@ class _Row:
     history: list[HistoryEntry] = field(default_factory=list)
     workflow_id: str | None = None
     workflow_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls, t: NewTask) -> _Row:
@@ -145,6 +146,7 @@ class _Row:
             updated_at=t.created_at,
             workflow_id=t.workflow_id,
             workflow_key=t.workflow_key,
+            headers=dict(t.headers),
         )
 
     @property
@@ -191,6 +193,7 @@ class _Row:
             history=[entry.model_copy() for entry in self.history],
             workflow_id=self.workflow_id,
             workflow_key=self.workflow_key,
+            headers=dict(self.headers),
         )
 
     def to_claimed(self) -> ClaimedTask:
@@ -211,6 +214,7 @@ class _Row:
             created_at=self.created_at,
             labels=list(self.labels),
             workflow_id=self.workflow_id,
+            headers=dict(self.headers),
         )
 
 

@@ -271,8 +271,8 @@ async def claim(conn: Conn, p: ClaimParams) -> Claim:
         cur = await conn.execute(claim_sql("claim_all", limit), args)
     rows = await cur.fetchall()
     summary = rows.pop()  # the last row: next due time, whether flow controls exist
-    due = None if summary[14] is None else float(summary[14])
-    if p.limit > 0 and not rows and (summary[15] or p.aging_interval):
+    due = None if summary[-2] is None else float(summary[-2])
+    if p.limit > 0 and not rows and (summary[-1] or p.aging_interval):
         async with conn.transaction():
             rows, wake = await postgres_flow.claim_controlled(conn.cursor(), p, now, args | {"limit": p.limit})
         if wake is not None:

@@ -53,6 +53,7 @@ def insert_rows(
                 "workflow_id": t.workflow_id,
                 "workflow_key": t.workflow_key,
                 "has_dependents": t.id in parents,
+                "headers": t.headers or None,
             }
             for t, state in tasks
         ]
@@ -62,7 +63,7 @@ def insert_rows(
 #: Column types of ``copy_tasks`` rows (text COPY: the jsonb columns travel as JSON text).
 COPY_TYPES = [
     "text", "text", "text", "text", "int4", "text", "text", "text", "float8", "text",
-    "text", "int4", "float8", "text", "float8", "float8", "text", "text", "text", "bool",
+    "text", "int4", "float8", "text", "float8", "float8", "text", "text", "text", "bool", "text",
 ]  # fmt: skip
 
 # The first history entry (transition ``enqueue``), as insert_tasks builds it; repr()
@@ -99,6 +100,7 @@ def copy_rows(
             t.workflow_id,
             t.workflow_key,
             t.id in parents,
+            dump(t.headers) if t.headers else None,
         )
 
 
@@ -131,7 +133,7 @@ def lease_rows(leases: Sequence[Lease]) -> str:
 
 def claimed_from_row(row: Sequence[Any], expires: float) -> ClaimedTask:
     """A claim's RETURNING row: id, name, args, queue, priority, attempts, max_retries,
-    timeout, retry, run_at, created_at, labels, lease_token, workflow_id."""
+    timeout, retry, run_at, created_at, labels, lease_token, workflow_id, headers."""
     return ClaimedTask(
         id=row[0],
         name=row[1],
@@ -148,6 +150,7 @@ def claimed_from_row(row: Sequence[Any], expires: float) -> ClaimedTask:
         created_at=row[10],
         labels=row[11],
         workflow_id=row[13],
+        headers=row[14] or {},
     )
 
 

@@ -76,6 +76,7 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         first_entry(task.created_at, state),
         task.workflow_id,
         task.workflow_key,
+        dump(task.headers) if task.headers else None,
     )
 
 
@@ -97,7 +98,8 @@ def outcome_row(o: Outcome, now: float) -> tuple[Any, ...]:
 
 def claimed_from_row(row: tuple[Any, ...], expires: float) -> ClaimedTask:
     """A ``claim_*`` RETURNING row: id, name, args, queue, priority, attempts,
-    max_retries, timeout, retry, run_at, created_at, labels, lease_token, workflow_id."""
+    max_retries, timeout, retry, run_at, created_at, labels, lease_token, workflow_id,
+    headers."""
     return ClaimedTask(
         id=row[0],
         name=row[1],
@@ -114,10 +116,11 @@ def claimed_from_row(row: tuple[Any, ...], expires: float) -> ClaimedTask:
         created_at=row[10],
         labels=load_list(row[11]),
         workflow_id=row[13],
+        headers=_decode(row[14]) if row[14] else {},
     )
 
 
-_JSON_COLUMNS = ("args", "history", "result", "error")
+_JSON_COLUMNS = ("args", "history", "result", "error", "headers")
 _LIST_COLUMNS = ("labels", "requires", "depends_on")
 
 

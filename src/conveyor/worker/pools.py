@@ -184,8 +184,8 @@ def _child_main(app_path: str, conn: mpc.Connection) -> None:
 
 
 def _child_context(fields: tuple[Any, ...], app: Any) -> TaskContext:
-    task_id, name, queue_name, attempt, workflow_id = fields
-    return TaskContext(task_id, name, queue_name, attempt, workflow_id, app)
+    task_id, name, queue_name, attempt, workflow_id, request_id = fields
+    return TaskContext(task_id, name, queue_name, attempt, workflow_id, app, request_id)
 
 
 class _Child:

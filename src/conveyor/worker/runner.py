@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor import __version__, context
+from conveyor import __version__, context, tracing
 from conveyor.backends.base import (
     Backend,
     ClaimParams,
@@ -101,6 +101,7 @@ class Worker:
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
         self._stopping = False
+        self._tracing = app.settings.tracing and tracing.available()
         self._backend: Backend | None = None
         self._pool: Pool | None = None
         self._completer: Completer | None = None
@@ -248,7 +249,9 @@ class Worker:
                 if metrics is not None:
                     metrics.started(ct, time.time())
                 began = time.perf_counter()
-                outcome = await self._execute(ct)
+                with tracing.attempt_span(self._tracing, ct) as span:
+                    outcome = await self._execute(ct)
+                    tracing.record_outcome(span, outcome.kind, outcome.error.type if outcome.error else None)
                 seconds = time.perf_counter() - began
                 if metrics is not None:
                     metrics.finished(ct, seconds, outcome.kind)
@@ -269,7 +272,8 @@ class Worker:
             td.check_args(ct.args)
         except InvalidInput as exc:  # unknown name or bad args: no retry can fix it
             return self._failure(ct, exc, (), (InvalidInput,))
-        token = context.enter(TaskContext(ct.id, ct.name, ct.queue, ct.attempts, ct.workflow_id, self.app))
+        request_id = ct.headers.get(tracing.REQUEST_ID) if ct.headers else None
+        token = context.enter(TaskContext(ct.id, ct.name, ct.queue, ct.attempts, ct.workflow_id, self.app, request_id))
         try:
             result = await self._pool.run(td, ct.args, ct.timeout)
         except asyncio.CancelledError:
@@ -376,7 +380,14 @@ class Worker:
 
 def _log_outcome(ct: ClaimedTask, outcome: Outcome, seconds: float) -> None:
     """One line per attempt: successes at DEBUG, retries at INFO, failures at WARNING."""
-    fields = {"task_id": ct.id, "queue": ct.queue, "attempt": ct.attempts, "duration_ms": round(seconds * 1000, 3)}
+    fields: dict[str, Any] = {
+        "task_id": ct.id,
+        "queue": ct.queue,
+        "attempt": ct.attempts,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    if ct.headers and tracing.REQUEST_ID in ct.headers:
+        fields["request_id"] = ct.headers[tracing.REQUEST_ID]
     message = outcome.error.message if outcome.error else ""
     if outcome.kind == "complete":
         log.debug("task %s (%s) succeeded", ct.id, ct.name, extra=fields)

@@ -28,7 +28,7 @@ SELECT {include:durable};
 id text, name text, args jsonb, queue text, priority integer, state text, labels jsonb,
 requires jsonb, run_at float8, depends_on jsonb, idempotency_key text, max_retries integer,
 timeout float8, retry text, created_at float8, workflow_id text, workflow_key text,
-has_dependents boolean
+has_dependents boolean, headers jsonb
 
 -- name: insert_tasks
 -- Every task of %(rows)s, then one notification per queue that gained ready or delayed work.
@@ -36,13 +36,13 @@ WITH added AS (
     INSERT INTO tasks (
         id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
         idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
-        workflow_id, workflow_key, has_dependents
+        workflow_id, workflow_key, has_dependents, headers
     )
     SELECT id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
            idempotency_key, max_retries, timeout, retry, created_at, created_at,
            jsonb_build_array(jsonb_build_object('at', created_at, 'state', state,
                'transition', 'enqueue', 'worker_id', NULL, 'reason', NULL)),
-           workflow_id, workflow_key, has_dependents
+           workflow_id, workflow_key, has_dependents, headers
     FROM jsonb_to_recordset(%(rows)s::jsonb) AS x({include:task_columns})
     RETURNING queue, state
 )
@@ -55,7 +55,7 @@ FROM (SELECT DISTINCT queue FROM added WHERE NOT state {from:deps_succeeded}) AS
 COPY tasks (
     id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
     idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
-    workflow_id, workflow_key, has_dependents
+    workflow_id, workflow_key, has_dependents, headers
 ) FROM STDIN;
 
 -- name: copied_tasks
@@ -207,7 +207,7 @@ history = t.history || CASE WHEN t.state {from:claim} THEN jsonb_build_array({in
 -- name: claim_returning
 -- A fragment: the columns a claim hands back (postgres_rows.claimed_from_row).
 RETURNING t.id, t.name, t.args, t.queue, t.priority, t.attempts, t.max_retries, t.timeout,
-          t.retry, t.run_at, t.created_at, t.labels, t.lease_token, t.workflow_id
+          t.retry, t.run_at, t.created_at, t.labels, t.lease_token, t.workflow_id, t.headers
 
 -- name: worker_can_run
 -- A fragment: the task's required tags are a subset of the worker's (%(tags)s, a jsonb array).
@@ -268,7 +268,7 @@ due AS MATERIALIZED (
 SELECT *, NULL::float8, NULL::boolean FROM claimed
 UNION ALL
 SELECT NULL::text, NULL::text, NULL::jsonb, NULL::text, NULL::integer, NULL::integer, NULL::integer,
-       NULL::float8, NULL::text, NULL::float8, NULL::float8, NULL::jsonb, NULL::text, NULL::text,
+       NULL::float8, NULL::text, NULL::float8, NULL::float8, NULL::jsonb, NULL::text, NULL::text, NULL::jsonb,
        (SELECT min(x.run_at) FROM claim_queues AS q
         CROSS JOIN LATERAL (
             SELECT run_at FROM tasks WHERE state {from:due} AND queue = q.name AND run_at > %(now)s

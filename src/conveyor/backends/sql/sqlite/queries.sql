@@ -22,8 +22,8 @@ lease_expires_at = NULL,
 INSERT INTO tasks (
     id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
     idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
-    workflow_id, workflow_key
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    workflow_id, workflow_key, headers
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: count_new
 -- Positional, for executemany: queue, state, priority, how many a batch inserted
@@ -90,7 +90,7 @@ WHERE rowid IN (
     LIMIT :limit
 )
 RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry,
-          run_at, created_at, labels, lease_token, workflow_id
+          run_at, created_at, labels, lease_token, workflow_id, headers
 
 -- name: claim_ids
 -- The flow-controlled claim (sqlite_flow.py): lease the tasks in :ids (a JSON
@@ -98,7 +98,7 @@ RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry
 UPDATE tasks SET {include:claim_set}
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state {from:claim}
 RETURNING id, name, args, queue, priority, attempts, max_retries, timeout, retry,
-          run_at, created_at, labels, lease_token, workflow_id
+          run_at, created_at, labels, lease_token, workflow_id, headers
 
 -- name: claim_queues
 -- The queues in :queues, a JSON array.
