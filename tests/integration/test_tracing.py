@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from conveyor import Conveyor
 from conveyor.config import Settings, WorkerConfig
 from conveyor.logs import formatter, request_id_var
-from tests.integration.test_worker_inprocess import finished, running
 from tests.integration.tasks_app import build_app
+from tests.integration.test_worker_inprocess import finished, running
 
 _EXPORTER = InMemorySpanExporter()
 
