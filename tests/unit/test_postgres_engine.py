@@ -226,3 +226,42 @@ async def test_a_large_submit_in_the_callers_transaction_lives_and_dies_with_it(
             await enqueue_in_transaction(conn, [new_task(queue="tx") for _ in range(COPY_FROM)], schema=schema)
         cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema)))
         assert await cur.fetchone() == (2 * COPY_FROM,)
+
+
+async def test_the_count_table_matches_the_tasks_after_every_kind_of_write(open_pg: Opener) -> None:
+    from conveyor.backends.base import ReapParams, TaskFilter
+    from conveyor.states import FailureReason
+    from tests.contract.helpers import claim, fail
+
+    one, two = await open_pg(), await open_pg()
+
+    async def check() -> None:
+        assert one._pool is not None
+        async with one._pool.connection() as conn:
+            kept = await (
+                await conn.execute("SELECT queue, state, priority, sum(n)::int FROM task_counts "
+                                   "GROUP BY 1, 2, 3 HAVING sum(n) <> 0 ORDER BY 1, 2, 3")
+            ).fetchall()  # fmt: skip
+            real = await (
+                await conn.execute(
+                    "SELECT queue, state, priority, count(*)::int FROM tasks GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                )
+            ).fetchall()
+        assert kept == real
+
+    await one.task_enqueue_many(EnqueueParams([new_task(priority=p % 11) for p in range(COPY_FROM + 10)]))  # COPY
+    await two.task_enqueue_many(EnqueueParams([new_task(queue="b", delay=3600), new_task(queue="b")]))
+    await check()
+    claimed = await claim(one, 30)
+    more = await claim(two, 5, lease_seconds=1, now=time.time() - 10)
+    await asyncio.gather(
+        one.task_finish_many([complete(c) for c in claimed[:20]]),
+        two.task_finish_many([fail(c, FailureReason.PERMANENT_ERROR) for c in claimed[20:]]),
+    )
+    await two.task_reap_expired(ReapParams())
+    await check()
+    await one.task_replay(TaskFilter(state=State.FAILED))
+    await two.task_purge(TaskFilter(state=State.SUCCEEDED))
+    await check()
+    stats = await one.stats()
+    assert sum(stats.counts.values()) == COPY_FROM + 12 and len(more) == 5  # purge takes dead letters only
