@@ -20,7 +20,9 @@ Workers are subprocesses running ``Worker`` directly (``worker_process_main``): 
 open the engine, report ``ready``, and start claiming together on ``go``, so the
 submitter and the workers never share a process. Every measurement gets a fresh
 SQLite file (in a temporary folder, or next to the file the URL names), removed at
-the end; another engine's URL is used as it is, with a fresh queue per measurement.
+the end; another engine's URL is used as it is, with a fresh queue per measurement. On
+Redis the session writes under a key prefix of its own (``<prefix>-bench-<hex>``) and
+deletes those keys at the end (SCAN by prefix, UNLINK), never the rest of the database.
 """
 
 from __future__ import annotations
@@ -201,7 +203,8 @@ class Place:
 
 
 class Scratch:
-    """Hands out places: a fresh SQLite file each, or a fresh queue on another engine."""
+    """Hands out places: a fresh SQLite file each, or a fresh queue on another engine
+    (on Redis, under the session's own key prefix); ``cleanup`` removes what they stored."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
@@ -214,6 +217,9 @@ class Scratch:
             given = Path(path)
             self.dir = Path(tempfile.mkdtemp(prefix=f"{given.stem}-bench-", dir=given.parent))
             self.query = f"?{query}" if query else ""
+        self.store_url = url
+        if url is not None and _scheme(url) in ("redis", "rediss"):
+            self.store_url = _own_redis_prefix(url)
 
     @property
     def engine(self) -> str:
@@ -222,17 +228,56 @@ class Scratch:
     def place(self, name: str) -> Place:
         if self.dir is not None:
             return Place(f"sqlite:///{(self.dir / f'{name}.db').resolve()}{self.query}")
-        assert self.url is not None
+        assert self.store_url is not None
         queue = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-        return Place(self.url, queue, (queue,))
+        return Place(self.store_url, queue, (queue,))
 
     def cleanup(self) -> None:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.store_url is not None and self.store_url != self.url:
+            _drop_redis_keys(self.store_url)
 
 
 def _scheme(url: str) -> str:
     return url.split(":", 1)[0].lower()
+
+
+def _own_redis_prefix(url: str) -> str:
+    """``url`` with a key prefix of the session's own (``<prefix>-bench-<hex>``), so the
+    cleanup deletes exactly the keys this session wrote."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from conveyor.backends.redis_rows import DEFAULT_PREFIX
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query["prefix"] = f"{query.get('prefix') or DEFAULT_PREFIX}-bench-{uuid.uuid4().hex[:8]}"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _drop_redis_keys(url: str) -> None:
+    """Delete every key of the store at ``url`` (its ``{prefix}`` hash tag): SCAN by that
+    prefix and UNLINK in batches; other keys of the database are left alone."""
+    import redis
+
+    from conveyor.backends.redis_rows import parse_url
+
+    where = parse_url(url)
+    client = redis.Redis.from_url(where.server)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{where.tag}:*", count=5_000):
+            batch.append(key)
+            if len(batch) >= 5_000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    except redis.RedisError as exc:  # say so, without hiding the error that ended the session
+        print(f"bench: could not delete the keys {where.tag}:* ({exc})", file=sys.stderr)
+    finally:
+        client.close()
 
 
 def _make_app(url: str) -> Conveyor:
@@ -256,10 +301,19 @@ def worker_process_main(argv: Sequence[str] | None = None) -> None:
 async def _worker_process(url: str, queues: tuple[str, ...], concurrency: int | None) -> None:
     from conveyor.worker import Worker, WorkerOptions
 
+    metrics = None
+    if os.environ.get("CONVEYOR_BENCH_OBSERVE") == "1":  # bench/observability.py: everything on
+        from conveyor.logs import setup_logging
+        from conveyor.metrics import WorkerMetrics
+
+        setup_logging("json", "INFO")
+        metrics = WorkerMetrics()
+        metrics.serve(0, "127.0.0.1")
     app = _make_app(url)
     try:
         await app.backend()
-        worker = Worker(app, WorkerOptions(queues=queues, concurrency=concurrency, install_signals=True))
+        options = WorkerOptions(queues=queues, concurrency=concurrency, install_signals=True, metrics=metrics)
+        worker = Worker(app, options)
         print("ready", flush=True)
         if (await asyncio.to_thread(sys.stdin.readline)).strip() == "go":
             await worker.run()

@@ -6,6 +6,7 @@ real local Redis (each test on its own prefix, deleted afterwards), never a mock
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -20,7 +21,7 @@ from conveyor.backends.base import CancelParams, ClaimParams, EnqueueParams, Out
 from conveyor.backends.redis_engine import RedisBackend
 from conveyor.backends.redis_rows import parse_url
 from conveyor.backends.redis_scripts import NAMES, source
-from conveyor.errors import BackendUnavailable, InvalidInput
+from conveyor.errors import BackendUnavailable, InvalidInput, TaskExists
 from conveyor.features.flow import QueueUpdate
 from conveyor.states import TRANSITIONS
 from tests import services
@@ -121,6 +122,121 @@ async def test_claim_takes_the_best_task_from_the_head_of_a_long_queue(backend: 
     assert await backend.client.zrange(backend.key("r", "default"), 0, 0) == [urgent.id]
     (claimed,) = (await backend.task_claim(ClaimParams("w1", 1, 30.0))).tasks
     assert claimed.id == urgent.id
+
+
+async def test_a_big_batch_keeps_every_index_and_counter_in_step(backend: RedisBackend) -> None:
+    """Members and counters are written once per key, in chunks: more tasks than a chunk."""
+    pending = [new_task(queue="a") for _ in range(1_100)]
+    scheduled = [new_task(queue="b", delay=60) for _ in range(700)]
+    await backend.task_enqueue_many(EnqueueParams([*pending, *scheduled]))
+    c = backend.client
+    assert await c.zcard(backend.key("r", "a")) == 1_100
+    assert await c.zcard(backend.key("d", "b")) == 700
+    assert await c.zcard(backend.key("all")) == 1_800
+    assert await c.hgetall(backend.key("c", "a")) == {"pending": "1100"}
+    assert await c.hgetall(backend.key("c", "b")) == {"scheduled": "700"}
+    assert await c.smembers(backend.key("queues")) == {"a", "b"}
+    await backend.task_enqueue_many(EnqueueParams([new_task(queue="a"), new_task(queue="c")]))
+    assert await c.hgetall(backend.key("c", "a")) == {"pending": "1101"}
+    assert await c.smembers(backend.key("queues")) == {"a", "b", "c"}
+
+
+async def test_a_batch_naming_a_stored_or_repeated_id_stores_nothing(backend: RedisBackend) -> None:
+    stored = new_task()
+    await backend.task_enqueue_many(EnqueueParams([stored]))
+    fresh, twice = new_task(), new_task()
+    with pytest.raises(TaskExists) as info:
+        await backend.task_enqueue_many(EnqueueParams([fresh, twice, new_task(id=twice.id), new_task(id=stored.id)]))
+    assert info.value.details["task_id"] == twice.id  # the first offender in batch order
+    with pytest.raises(TaskExists) as info:
+        await backend.task_enqueue_many(EnqueueParams([fresh, new_task(id=stored.id), new_task(id=fresh.id)]))
+    assert info.value.details["task_id"] == stored.id
+    assert await backend.client.zrange(backend.key("all"), 0, -1) == [stored.id]
+    assert await backend.client.hgetall(backend.key("c", "default")) == {"pending": "1"}
+
+
+# --- the script channel --------------------------------------------------------------------
+
+
+async def test_concurrent_calls_share_one_pipelined_connection_and_get_their_own_replies(
+    backend: RedisBackend,
+) -> None:
+    tasks = [new_task(queue=f"q{i % 3}") for i in range(300)]
+    done = await asyncio.gather(*(backend.task_enqueue_many(EnqueueParams([t])) for t in tasks))
+    assert [d.id for (d,) in done] == [t.id for t in tasks]
+    clients = await backend.client.client_list()
+    assert sum(c["cmd"] == "evalsha" for c in clients) == 1
+
+
+async def test_a_cancelled_call_leaves_the_next_reply_to_its_own_caller(backend: RedisBackend) -> None:
+    first, second = new_task(), new_task()
+    pending = asyncio.ensure_future(backend.task_enqueue_many(EnqueueParams([first])))
+    await asyncio.sleep(0)  # written, reply not read yet
+    pending.cancel()
+    (done,) = await backend.task_enqueue_many(EnqueueParams([second]))
+    assert done.id == second.id
+    assert (await backend.task_get(first.id)).id == first.id  # the server ran it all the same
+
+
+async def test_a_script_the_server_forgot_is_sent_again_whole(backend: RedisBackend) -> None:
+    channel = backend._channel
+    assert channel is not None
+    channel._sha["enqueue"] = "0" * 40  # as after a restart or SCRIPT FLUSH: NOSCRIPT
+    t = new_task()
+    (done,) = await backend.task_enqueue_many(EnqueueParams([t]))
+    assert done.id == t.id and done.created
+
+
+async def test_a_dropped_connection_is_opened_again_by_the_next_call(backend: RedisBackend) -> None:
+    await backend.task_enqueue_many(EnqueueParams([new_task()]))
+    channel = backend._channel
+    assert channel is not None and channel._proto is not None and channel._proto.transport is not None
+    host, port = channel._proto.transport.get_extra_info("sockname")[:2]
+    assert await backend.client.client_kill_filter(_type=None, addr=f"{host}:{port}") == 1
+    t = new_task()
+    (done,) = await backend.task_enqueue_many(EnqueueParams([t]))
+    assert done.id == t.id and done.created
+    claim = await backend.task_claim(ClaimParams("w1", 5, 30.0))
+    assert len(claim.tasks) == 2
+
+
+def test_the_script_channel_runs_on_uvloop_too() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    url = f"redis://127.0.0.1:6379/0?prefix=u{uuid.uuid4().hex[:12]}"
+
+    async def submit_and_claim() -> None:
+        b = make_backend(url)
+        await b.open()
+        try:
+            t = new_task()
+            (done,) = await b.task_enqueue_many(EnqueueParams([t]))
+            assert done.id == t.id and done.created
+            assert [c.id for c in (await b.task_claim(ClaimParams("w1", 1, 30.0))).tasks] == [t.id]
+        finally:
+            await b.close()
+
+    try:
+        uvloop.run(submit_and_claim())
+    finally:
+        services.drop_store(url)
+
+
+async def test_the_bench_writes_under_its_own_prefix_and_deletes_only_that(backend: RedisBackend) -> None:
+    from conveyor.bench import Scratch
+
+    await backend.task_enqueue_many(EnqueueParams([new_task()]))  # another store in the same database
+    scratch = Scratch("redis://127.0.0.1:6379/0")
+    place = scratch.place("enqueue-1")
+    tag = parse_url(place.url).tag
+    assert tag != backend.tag and tag.startswith("{conveyor-bench-")
+    bench_store = make_backend(place.url)
+    await bench_store.open()
+    await bench_store.task_enqueue_many(EnqueueParams([new_task(queue=place.queue) for _ in range(20)]))
+    await bench_store.close()
+    assert len([k async for k in backend.client.scan_iter(match=f"{tag}:*")]) > 40
+    scratch.cleanup()
+    assert [k async for k in backend.client.scan_iter(match=f"{tag}:*")] == []
+    assert await backend.client.zcard(backend.key("all")) == 1
 
 
 # --- errors --------------------------------------------------------------------------------

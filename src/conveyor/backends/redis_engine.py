@@ -59,7 +59,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.codec import dump
 from conveyor.backends.redis_rows import beat_record, claimed_from, enqueue_args, parse_url
-from conveyor.backends.redis_scripts import register_all
+from conveyor.backends.redis_scripts import ChannelOptions, ScriptChannel, register_all
 from conveyor.backends.redis_wake import Wakeups
 from conveyor.errors import (
     BackendUnavailable,
@@ -113,6 +113,7 @@ class RedisBackend:
         self.tag = self._where.tag
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
+        self._channel: ScriptChannel | None = None
         self._wake: Wakeups | None = None
         self._seen = 0
 
@@ -157,7 +158,11 @@ class RedisBackend:
         raise AssertionError("unreachable")
 
     async def run(self, name: str, args: Sequence[Any], *, retry: bool = True) -> Any:
-        """Run script ``name`` with ``now`` already first in ``args``."""
+        """Run script ``name`` with ``now`` already first in ``args`` (over the script
+        channel when there is one, else through redis-py)."""
+        channel = self._channel
+        if channel is not None:
+            return await self.guarded(lambda: channel.run(name, self.tag, args), retry=retry)
         script = self._scripts[name]
         return await self.guarded(lambda: script(keys=[self.tag], args=args, client=self.client), retry=retry)
 
@@ -183,18 +188,25 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),  # retries are ours: only where repeating is safe
             health_check_interval=15,
         )
+        channel_options = ChannelOptions.from_client(client, _keepalive_options()) if options else None
+        channel = None if channel_options is None else ScriptChannel(channel_options)  # plain TCP only
         try:
             await client.ping()
+            if channel is not None:
+                await channel.connect()
         except (RedisError, OSError) as exc:
             await client.aclose()
             raise self._down(exc) from exc
         self._client = client
         self._scripts = register_all(client)
+        self._channel = channel
         self._wake = Wakeups(client, self.key("wake"))
 
     async def close(self) -> None:
-        wake, client = self._wake, self._client
-        self._wake = self._client = None
+        wake, client, channel = self._wake, self._client, self._channel
+        self._wake = self._client = self._channel = None
+        if channel is not None:
+            channel.close()
         if wake is not None:
             await wake.close()
         if client is not None:

@@ -2,7 +2,7 @@
 
 A task is one hash (field names in ``lua/lib.lua``'s header) plus a history list.
 Fields the scripts never look inside (args, labels, timeout, the retry policy, the
-workflow key) travel as one JSON string ``d``, so a claim returns it untouched and
+workflow key, headers when there are any) travel as one JSON string ``d``, so a claim returns it untouched and
 only Python parses it.
 """
 
@@ -70,6 +70,8 @@ def enqueue_args(t: NewTask) -> list[str | int | float]:
         "retry": dump_policy(t.retry),
         "workflow_key": t.workflow_key,
     }
+    if t.headers:  # most tasks have none: their static JSON stays as it was
+        static["headers"] = t.headers
     return [
         t.id,
         t.name,
@@ -119,6 +121,7 @@ def claimed_from(row: list[Any], pos: int, lease_expires_at: float) -> ClaimedTa
         created_at=float(row[pos + 7]),
         labels=static["labels"],
         workflow_id=row[pos + 10] or None,
+        headers=static.get("headers") or {},
     )
 
 
@@ -171,6 +174,7 @@ def task_from(task_id: str, h: dict[str, str], history: list[str]) -> Task:
         history=_history(history),
         workflow_id=h.get("wf"),
         workflow_key=static.get("workflow_key"),
+        headers=static.get("headers") or {},
     )
 
 

@@ -4,15 +4,29 @@ Redis scripts cannot import each other, so each is sent as one text: the transit
 table generated from ``conveyor.states`` (the one table; Lua keeps no copy of its
 own), then ``lib.lua`` (keyspace and transition helpers), ``flow.lua`` (the
 flow-control gate: claims and outcomes only), then the operation's own file.
-redis-py runs them with EVALSHA and loads them again (SCRIPT LOAD) when the server
-answers NOSCRIPT, e.g. after a restart.
+They run with EVALSHA, sent again whole with EVAL when the server answers NOSCRIPT
+(e.g. after a restart): over the engine's ``ScriptChannel`` (one pipelined connection
+of its own, a fraction of redis-py's cost per call) on plain TCP, else through
+redis-py's ``Script`` objects (TLS).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from conveyor.states import TERMINAL, TRANSITIONS
 
@@ -47,3 +61,172 @@ def source(name: str) -> str:
 def register_all(client: Any) -> dict[str, Any]:
     """``redis-py`` Script objects (EVALSHA, reloaded on NOSCRIPT), by name."""
     return {name: client.register_script(source(name)) for name in NAMES}
+
+
+# --- the script channel ------------------------------------------------------------------
+
+#: An error reply as the exception redis-py raises for it (``OutOfMemoryError``, ...).
+_error = cast(Callable[[str], Exception], BaseParser.parse_error)
+
+
+class ScriptChannel:
+    """The engine's own connection for its scripts: EVALSHA on a bare asyncio protocol
+    with hiredis packing and parsing, callers pipelined in one FIFO of replies.
+
+    redis-py spends more time per call than the server does running a submit (pool
+    checkout, observability hooks, command building, its stream reader); this path
+    writes one packed command and waits on one future. Replies come back in command
+    order, so concurrent callers share the connection without a lock. A server
+    restart or a dropped link fails every call in flight with redis-py's
+    ``ConnectionError`` (the engine's retries decide what to repeat), and the next call
+    connects again; error replies become redis-py's exception classes, so callers
+    handle exactly what they would from redis-py. NOSCRIPT (a restarted or flushed
+    server) is answered by sending the script's text once with EVAL.
+    """
+
+    def __init__(self, options: ChannelOptions) -> None:
+        self.options = options
+        self._sha = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in NAMES}
+        self._proto: _ReplyProtocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting = asyncio.Lock()
+
+    async def run(self, name: str, key: str, args: Sequence[Any]) -> Any:
+        """Run script ``name`` with ``KEYS = [key]``; its reply, or the error it raised."""
+        proto = self._proto
+        if proto is None or proto.lost or self._loop is not asyncio.get_running_loop():
+            proto = await self.connect()
+        try:
+            return await proto.call(("EVALSHA", self._sha[name], 1, key, *args))
+        except NoScriptError:
+            return await proto.call(("EVAL", source(name), 1, key, *args))
+
+    async def connect(self) -> _ReplyProtocol:
+        """The open connection, made first if there is none (or it was lost)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or the engine moved to another event loop
+            self.close()
+            self._loop, self._connecting = loop, asyncio.Lock()
+        async with self._connecting:
+            current = self._proto
+            if current is not None and not current.lost:
+                return current  # another caller connected meanwhile
+            opt = self.options
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(_ReplyProtocol, opt.host, opt.port), opt.connect_timeout
+            )
+            try:
+                _keepalive(proto, opt.keepalive)
+                hello: list[Awaitable[Any]] = []
+                if opt.password is not None:
+                    auth = (opt.username, opt.password) if opt.username else (opt.password,)
+                    hello.append(proto.call(("AUTH", *auth)))
+                if opt.db:
+                    hello.append(proto.call(("SELECT", opt.db)))
+                for reply in hello:
+                    await reply
+            except BaseException:
+                proto.close()
+                raise
+            self._proto = proto
+            return proto
+
+    def close(self) -> None:
+        proto, self._proto = self._proto, None
+        if proto is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                proto.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """Where the script channel connects (taken from the redis-py client's own options)."""
+
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    connect_timeout: float = 2.0
+    keepalive: Mapping[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_client(cls, client: Any, keepalive: Mapping[int, int]) -> ChannelOptions | None:
+        """The options of a plain-TCP redis-py client, or ``None`` when the channel cannot
+        stand in for it (TLS, a Unix socket, a credential provider): scripts then run
+        through redis-py."""
+        kw = client.connection_pool.connection_kwargs
+        if "host" not in kw or kw.get("credential_provider") is not None:
+            return None
+        return cls(
+            host=kw["host"],
+            port=int(kw.get("port") or 6379),
+            db=int(kw.get("db") or 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            connect_timeout=float(kw.get("socket_connect_timeout") or 2.0),
+            keepalive=keepalive,
+        )
+
+
+def _keepalive(proto: _ReplyProtocol, options: Mapping[int, int]) -> None:
+    sock = proto.transport.get_extra_info("socket") if proto.transport is not None else None
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in options.items():
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class _ReplyProtocol(asyncio.Protocol):
+    """One Redis connection: commands written in order, replies matched to them in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._reader = hiredis.Reader(encoding="utf-8")
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def call(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+        if self.lost or self.transport is None:
+            raise RedisConnectionError("the connection to Redis was closed")
+        future = asyncio.get_running_loop().create_future()
+        self.transport.write(hiredis.pack_command(command))
+        self._waiting.append(future)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                future = self._waiting.popleft()
+                if future.done():  # its caller gave up (cancelled): the reply is dropped
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(_error(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self._fail(RedisConnectionError(f"Redis protocol error: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(
+            RedisConnectionError(f"Connection closed by server: {exc}" if exc else "Connection closed by server.")
+        )
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = True
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()

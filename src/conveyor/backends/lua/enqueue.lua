@@ -5,9 +5,83 @@
 -- depends_on JSON ("" none), static JSON, workflow id ("" none).
 -- Returns {"ok", id, state, created(1/0), ...} or {"err", code, detail...} with
 -- nothing written (codes: exists, notfound, full).
+--
+-- Cost: per task one HSET (every field at once) and one RPUSH (history); per batch one
+-- EXISTS and one ZADD per index touched (in chunks of CHUNK), one HINCRBY per queue and
+-- state, one PUBLISH per queue woken; SADD to P:queues only when a queue's counter for
+-- that state was zero (a queue with a counted task is already listed: nothing removes
+-- names from P:queues). Idempotency keys, dependencies and max_length add their reads.
 local count, bounds, S = tonumber(ARGV[2]), {}, 13
+local CHUNK = 500 -- keys or members per variadic call (unpack's stack is limited)
 if ARGV[3] ~= "" then bounds = cjson.decode(ARGV[3]) end
-local existing, alias, batch_keys, planned, planned_ids = {}, {}, {}, {}, {}
+
+-- Sorted-set members and counters are gathered, then written once per key (`flush`).
+local zsets, zorder, counts, corder = {}, {}, {}, {}
+local function zadd_later(key, score, member)
+  local list = zsets[key]
+  if not list then
+    list = {}
+    zsets[key] = list
+    table.insert(zorder, key)
+  end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
+
+-- Store task number i (its dependencies resolved in `dp`): hash, history, index entries.
+local function place(i, dp)
+  local o = 3 + (i - 1) * S
+  local id, q, state, ik, wf = ARGV[o + 1], ARGV[o + 3], ARGV[o + 7], ARGV[o + 8], ARGV[o + 13]
+  local extra = {}
+  if ARGV[o + 10] ~= "" then extra[#extra + 1] = "rq"; extra[#extra + 1] = ARGV[o + 10] end
+  if dp then extra[#extra + 1] = "dp"; extra[#extra + 1] = cjson.encode(dp) end
+  if ik ~= "" then
+    extra[#extra + 1] = "ik"; extra[#extra + 1] = ik
+    redis.call("HSET", ikey(q), ik, id)
+  end
+  if wf ~= "" then
+    extra[#extra + 1] = "wf"; extra[#extra + 1] = wf
+    zadd_later(P .. ":wf:" .. wf, 0, id)
+  end
+  redis.call("HSET", tkey(id), "s", state, "n", ARGV[o + 2], "q", q, "p", ARGV[o + 4], "ra", ARGV[o + 5],
+    "ca", ARGV[o + 6], "ua", ARGV[o + 6], "a", 0, "mr", ARGV[o + 9], "d", ARGV[o + 12], unpack(extra))
+  local at_now = now
+  now = tonumber(ARGV[o + 6])
+  history(id, state, "enqueue")
+  now = at_now
+  zadd_later(ALL, 0, id)
+  local by_state = counts[q]
+  if not by_state then
+    by_state = {}
+    counts[q] = by_state
+    table.insert(corder, q)
+  end
+  by_state[state] = (by_state[state] or 0) + 1
+  if state == "pending" then
+    zadd_later(rkey(q), num(score(tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]))), id)
+    wake(q)
+  elseif state == "scheduled" then
+    zadd_later(dkey(q), num(tonumber(ARGV[o + 5])), id)
+    wake(q)
+  end
+end
+
+local function flush()
+  for _, key in ipairs(zorder) do
+    local list = zsets[key]
+    for c = 1, #list, 2 * CHUNK do redis.call("ZADD", key, unpack(list, c, math.min(c + 2 * CHUNK - 1, #list))) end
+  end
+  for _, q in ipairs(corder) do
+    local new_queue = false
+    for state, n in pairs(counts[q]) do
+      if redis.call("HINCRBY", ckey(q), state, n) == n then new_queue = true end
+    end
+    if new_queue then redis.call("SADD", QUEUES, q) end
+  end
+end
+
+local existing, alias, batch_keys, planned, planned_ids, fresh = {}, {}, {}, {}, {}, {}
+local repeated -- position of the first id given twice in the batch
 for i = 1, count do
   local o = 3 + (i - 1) * S
   local id, q, ik = ARGV[o + 1], ARGV[o + 3], ARGV[o + 8]
@@ -16,12 +90,23 @@ for i = 1, count do
   if first then
     existing[i], alias[id] = first, first
   else
-    if planned_ids[id] or redis.call("EXISTS", tkey(id)) == 1 then return {"err", "exists", id} end
+    if planned_ids[id] then repeated = i; break end
     if ik ~= "" then batch_keys[q .. "\0" .. ik] = id end
     planned_ids[id] = true
     table.insert(planned, i)
+    table.insert(fresh, tkey(id))
   end
 end
+-- An id already stored is an error: the first one in batch order is reported.
+local stored = 0
+for c = 1, #fresh, CHUNK do stored = stored + redis.call("EXISTS", unpack(fresh, c, math.min(c + CHUNK - 1, #fresh))) end
+if stored > 0 then
+  for _, i in ipairs(planned) do
+    local id = ARGV[3 + (i - 1) * S + 1]
+    if redis.call("EXISTS", tkey(id)) == 1 then return {"err", "exists", id} end
+  end
+end
+if repeated then return {"err", "exists", ARGV[3 + (repeated - 1) * S + 1]} end
 local deps, added = {}, {}
 for _, i in ipairs(planned) do
   local o = 3 + (i - 1) * S
@@ -47,38 +132,8 @@ for q, k in pairs(added) do
     if unfinished + k > bound then return {"err", "full", q, tostring(bound)} end
   end
 end
-local at_now = now
-for _, i in ipairs(planned) do
-  local o = 3 + (i - 1) * S
-  local id, q, state, ik, wf = ARGV[o + 1], ARGV[o + 3], ARGV[o + 7], ARGV[o + 8], ARGV[o + 13]
-  local k = tkey(id)
-  local p, ra = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
-  redis.call("HSET", k, "s", state, "n", ARGV[o + 2], "q", q, "p", ARGV[o + 4], "ra", ARGV[o + 5],
-    "ca", ARGV[o + 6], "ua", ARGV[o + 6], "a", 0, "mr", ARGV[o + 9], "d", ARGV[o + 12])
-  if ARGV[o + 10] ~= "" then redis.call("HSET", k, "rq", ARGV[o + 10]) end
-  if deps[i] then redis.call("HSET", k, "dp", cjson.encode(deps[i])) end
-  if ik ~= "" then
-    redis.call("HSET", k, "ik", ik)
-    redis.call("HSET", ikey(q), ik, id)
-  end
-  if wf ~= "" then
-    redis.call("HSET", k, "wf", wf)
-    redis.call("ZADD", P .. ":wf:" .. wf, 0, id)
-  end
-  now = tonumber(ARGV[o + 6])
-  history(id, state, "enqueue")
-  now = at_now
-  redis.call("ZADD", ALL, 0, id)
-  redis.call("SADD", QUEUES, q)
-  redis.call("HINCRBY", ckey(q), state, 1)
-  if state == "pending" then
-    redis.call("ZADD", rkey(q), num(score(p, ra)), id)
-    wake(q)
-  elseif state == "scheduled" then
-    redis.call("ZADD", dkey(q), num(ra), id)
-    wake(q)
-  end
-end
+for _, i in ipairs(planned) do place(i, deps[i]) end
+flush()
 -- Link waiting tasks to their parents, or settle them against parents already done.
 for _, i in ipairs(planned) do
   local o = 3 + (i - 1) * S

@@ -8,7 +8,7 @@
 --                        ca created_at, ua updated_at, a attempts, mr max_retries,
 --                        rq requires (JSON, absent if none), dp depends_on (JSON),
 --                        ik idempotency key, wf workflow id, d static JSON (args,
---                        labels, timeout, retry, workflow_key), w worker, lt lease
+--                        labels, timeout, retry, workflow_key, headers), w worker, lt lease
 --                        token, le lease expiry, sa started_at, fa finished_at,
 --                        r result JSON, e error JSON, fr failure reason,
 --                        wd parents still unfinished (waiting tasks)
