@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from conveyor.backends.base import OutboxStore, TaskFilter
+from conveyor.backends.base import TaskFilter
 from conveyor.bench import BenchConfig, Scratch, _make_app, fill_backlog, measure_throughput
 
 SECRET = "bench-secret-0123456789"
@@ -84,9 +84,7 @@ async def unsubscribe(url: str) -> None:
     """Leave the store as an "off" run expects it (PostgreSQL and Redis places share one)."""
     app = _make_app(url)
     try:
-        backend = await app.backend()
-        if isinstance(backend, OutboxStore):
-            await backend.outbox_subscribe(frozenset())
+        await (await app.backend()).outbox_subscribe(frozenset())
     finally:
         await app.aclose()
 

@@ -28,13 +28,6 @@ from .helpers import claim, claim_one, complete, enqueue, fail, new_task, retry,
 ALL = frozenset(OUTBOX_EVENTS)
 
 
-@pytest.fixture(autouse=True)
-def _engine_has_an_outbox(backend: Backend) -> None:
-    for engine in getattr(backend, "shards", [backend]):
-        if not hasattr(engine, "outbox_claim"):
-            pytest.skip(f"NOT YET IMPLEMENTED: the outbox on {type(engine).__name__}")
-
-
 async def _drain(backend: Backend, now: float | None = None) -> list[OutboxEvent]:
     return await backend.outbox_claim(OutboxClaimParams(limit=1000, lease_seconds=60, now=now))
 

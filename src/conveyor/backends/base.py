@@ -42,8 +42,8 @@ Rules every engine keeps (``tests/contract/`` checks them all, on every engine):
   keeps who ran each attempt); success clears ``error``. Replay sets ``run_at`` to
   now and clears ``result``, ``error``, ``failure_reason`` and the start/finish times.
 
-Admin listings, workers and migrations are separate small protocols; ``Backend`` is
-their union, and ``conveyor.backends.open_backend(url)`` builds one from a URL.
+Admin listings, workers, flow control, the notification outbox and migrations are
+separate small protocols; ``Backend`` is their union, and ``conveyor.backends.open_backend(url)`` builds one from a URL.
 """
 
 from __future__ import annotations
@@ -454,5 +454,5 @@ class OutboxStore(Protocol):
 
 
 @runtime_checkable
-class Backend(TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, Lifecycle, Protocol):
+class Backend(TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, OutboxStore, Lifecycle, Protocol):
     """Everything an engine provides."""

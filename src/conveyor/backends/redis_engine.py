@@ -51,13 +51,17 @@ from conveyor.backends.base import (
     EnqueueParams,
     HeartbeatParams,
     ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
     Outcome,
     ReapParams,
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_events,
 )
-from conveyor.backends.codec import dump
+from conveyor.backends.codec import dump, outbox_event
 from conveyor.backends.redis_rows import beat_record, claimed_from, enqueue_args, parse_url
 from conveyor.backends.redis_scripts import ChannelOptions, ScriptChannel, register_all
 from conveyor.backends.redis_wake import Wakeups
@@ -381,6 +385,31 @@ class RedisBackend:
 
     async def task_ahead(self, task_id: str) -> int:
         return await admin.task_ahead(self, task_id)
+
+    # --- OutboxStore (lib.lua's record() writes the events) ----------------------------
+
+    async def outbox_subscribe(self, events: frozenset[str]) -> None:
+        check_events(events)
+        await self.run("outbox", [repr(time.time()), "subscribe", *sorted(events)])
+
+    async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
+        now = time.time() if params.now is None else params.now
+        rows = await self.run("outbox", [repr(now), "claim", params.limit, repr(now + params.lease_seconds)])
+        events = [
+            outbox_event([*row[:3], row[3] or None, *row[4:11], row[11] or None, row[12] or None]) for row in rows
+        ]
+        return sorted(events, key=lambda e: e.id)
+
+    async def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
+        args: list[Any] = [repr(time.time()), "settle"]
+        for settle in settles:
+            retry_at = "" if settle.retry_at is None else repr(settle.retry_at)
+            args += [settle.id, retry_at, dump(list(settle.done))]
+        if settles:
+            await self.run("outbox", args)
+
+    async def outbox_size(self) -> int:
+        return int(await self.guarded(lambda: self.client.zcard(self.key("obq"))))
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from conveyor.states import TERMINAL, TRANSITIONS
 
-NAMES = ("enqueue", "claim", "finish", "release", "reap", "cancel", "heartbeat", "replay", "purge")
+NAMES = ("enqueue", "claim", "finish", "release", "reap", "cancel", "heartbeat", "replay", "purge", "outbox")
 FLOW_USERS = frozenset({"claim", "finish"})  # the rest skip defining the gate on every call
 
 

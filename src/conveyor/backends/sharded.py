@@ -55,7 +55,6 @@ from conveyor.backends.base import (
     OutboxClaimParams,
     OutboxEvent,
     OutboxSettle,
-    OutboxStore,
     Outcome,
     ReapParams,
     ReleaseParams,
@@ -550,19 +549,13 @@ class ShardedBackend:
     # workflow.finished is decided there); ids gain the shard's index, so a settle goes
     # back to the shard that leased the event.
 
-    def _outbox(self, shard: int) -> OutboxStore:
-        engine = self.shards[shard]
-        if not isinstance(engine, OutboxStore):
-            raise InvalidInput(f"shard {shard} ({type(engine).__name__}) has no outbox yet")
-        return engine
-
     async def outbox_subscribe(self, events: frozenset[str]) -> None:
         check_events(events)
-        await asyncio.gather(*(self._outbox(i).outbox_subscribe(events) for i in range(len(self.shards))))
+        await asyncio.gather(*(self.shards[i].outbox_subscribe(events) for i in range(len(self.shards))))
 
     async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
         async def take(shard: int, limit: int) -> list[OutboxEvent]:
-            events = await self._outbox(shard).outbox_claim(replace(params, limit=limit)) if limit else []
+            events = await self.shards[shard].outbox_claim(replace(params, limit=limit)) if limit else []
             return [replace(e, id=f"{shard}-{e.id}") for e in events]
 
         got = await self._spread(params.limit, take, len)
@@ -575,10 +568,10 @@ class ShardedBackend:
             if not shard.isdigit() or int(shard) >= len(self.shards) or not local:
                 raise InvalidInput(f"not an outbox event id of this ring: {settle.id!r}")
             by_shard.setdefault(int(shard), []).append(replace(settle, id=local))
-        await asyncio.gather(*(self._outbox(i).outbox_settle(part) for i, part in by_shard.items()))
+        await asyncio.gather(*(self.shards[i].outbox_settle(part) for i, part in by_shard.items()))
 
     async def outbox_size(self) -> int:
-        return sum(await asyncio.gather(*(self._outbox(i).outbox_size() for i in range(len(self.shards)))))
+        return sum(await asyncio.gather(*(self.shards[i].outbox_size() for i in range(len(self.shards)))))
 
     # --- flow control --------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from conveyor.app import Conveyor
-from conveyor.backends.base import OutboxStore
 from conveyor.cli.common import (
     JsonOpt,
     LogFormatOpt,
@@ -112,8 +111,6 @@ async def _notify(app: Conveyor, off: bool) -> None:
 
     backend = await app.backend()
     try:
-        if not isinstance(backend, OutboxStore):
-            raise InvalidInput(f"the {type(backend).__name__} engine has no outbox yet")
         if off:
             await backend.outbox_subscribe(frozenset())
             return

@@ -38,7 +38,6 @@ from conveyor.backends.base import (
     ClaimParams,
     HeartbeatParams,
     Lease,
-    OutboxStore,
     Outcome,
     ReapParams,
     ReleaseParams,
@@ -143,10 +142,7 @@ class Worker:
             loops.append(asyncio.create_task(Scheduler(self.app).run(), name="scheduler"))
         notifications = self.app.settings.notifications
         if self.opts.notify and notifications.enabled:
-            if isinstance(backend, OutboxStore):
-                loops.append(asyncio.create_task(run_notifier(backend, notifications, self._stop), name="notifier"))
-            else:
-                log.error("notifications are configured but %s has no outbox yet", type(backend).__name__)
+            loops.append(asyncio.create_task(run_notifier(backend, notifications, self._stop), name="notifier"))
         try:
             await self._claim_loop()
         finally:

@@ -28,6 +28,13 @@
 --   P:flow        hash   "queue:<name>" / "task:<name>" -> FlowControl JSON
 --   P:workers     hash   worker id -> WorkerInfo JSON;  P:beats  hash  id -> last heartbeat
 --   P:wake        pub/sub channel: a queue name (or "*") that gained ready or delayed work
+--   P:obs         set    outbox events subscribed to (conveyor.notify)
+--   P:obn         string the last outbox event number
+--   P:obq         zset   outbox event ids (20-digit numbers) by when they are due
+--   P:ob:<id>     hash   one outbox event: ev event, t task id, wf workflow id, q queue,
+--                        n name, s state, a attempt, at time, dl deliveries, dn done
+--                        targets (JSON), r result JSON, e error JSON
+--   P:obw         hash   workflow id -> its undelivered workflow.finished event id
 
 local P = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -53,6 +60,52 @@ local quiet = false -- claims promote due tasks without waking other workers
 local function wake(q) if not quiet then woken[q] = true end end
 local function publish()
   for q in pairs(woken) do redis.call("PUBLISH", WAKE, q) end
+end
+
+-- The outbox: events recorded by transition() when subscribed (SMEMBERS once per call).
+local OBS, OBQ, OBN, OBW = P .. ":obs", P .. ":obq", P .. ":obn", P .. ":obw"
+local function obkey(n) return P .. ":ob:" .. n end
+local subscribed = nil
+
+local function add_event(ev, id, t, f)
+  local n = string.format("%020d", redis.call("INCR", OBN))
+  local fields = {"HSET", obkey(n), "ev", ev, "t", id, "q", t.q, "n", t.n, "s", t.s, "a", f[4] or "0",
+                  "at", num(now), "dl", "0", "dn", "[]"}
+  if f[1] then table.insert(fields, "wf"); table.insert(fields, f[1]) end
+  if f[2] then table.insert(fields, "r"); table.insert(fields, f[2]) end
+  if f[3] then table.insert(fields, "e"); table.insert(fields, f[3]) end
+  redis.call(unpack(fields))
+  redis.call("ZADD", OBQ, num(now), n)
+  return n
+end
+
+local function workflow_done(wf)
+  for _, tid in ipairs(redis.call("ZRANGE", P .. ":wf:" .. wf, 0, -1)) do
+    local state = redis.call("HGET", tkey(tid), "s")
+    if state and not TERMINAL[state] then return false end
+  end
+  return true
+end
+
+-- Task `id` (fields `t`, already in state `new`) just moved from `old`: record the events
+-- the subscriptions ask for (the OUTBOX_EVENTS rules of conveyor.backends.base).
+local function record(id, t, old, new)
+  if subscribed == nil then
+    subscribed = {}
+    for _, e in ipairs(redis.call("SMEMBERS", OBS)) do subscribed[e] = true end
+  end
+  if next(subscribed) == nil then return end
+  local f = redis.call("HMGET", tkey(id), "wf", "r", "e", "a")
+  if new == "succeeded" and subscribed["task.succeeded"] then add_event("task.succeeded", id, t, f) end
+  if old == "running" and (new == "retrying" or new == "failed") and subscribed["task.failed"] then
+    add_event("task.failed", id, t, f)
+  end
+  if new == "failed" and subscribed["task.dead_lettered"] then add_event("task.dead_lettered", id, t, f) end
+  local wf = f[1]
+  if wf and TERMINAL[new] and subscribed["workflow.finished"] and redis.call("HEXISTS", OBW, wf) == 0
+     and workflow_done(wf) then
+    redis.call("HSET", OBW, wf, add_event("workflow.finished", id, t, f))
+  end
 end
 
 local function history(id, state, name, worker, reason)
@@ -112,6 +165,7 @@ local function transition(id, t, name, worker, reason, sets, dels)
   if #hdel > 2 then redis.call(unpack(hdel)) end
   redis.call(unpack(hset))
   history(id, new, name, worker, reason)
+  if TERMINAL[new] or new == "retrying" then record(id, t, old, new) end
   return true
 end
 
