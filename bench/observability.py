@@ -66,10 +66,11 @@ def receiver() -> Iterator[tuple[str, list[int]]]:
 
 
 @contextlib.contextmanager
-def observed(config: Path) -> Iterator[None]:
-    """Worker processes started inside see everything on."""
-    saved = {k: os.environ.get(k) for k in ("CONVEYOR_CONFIG", "CONVEYOR_BENCH_OBSERVE")}
-    os.environ.update(CONVEYOR_CONFIG=str(config), CONVEYOR_BENCH_OBSERVE="1")
+def observed(config: Path, deliver: bool) -> Iterator[None]:
+    """Worker processes started inside see everything on (delivering, or only recording)."""
+    keys = ("CONVEYOR_CONFIG", "CONVEYOR_BENCH_OBSERVE", "CONVEYOR_BENCH_NOTIFY")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(CONVEYOR_CONFIG=str(config), CONVEYOR_BENCH_OBSERVE="1", CONVEYOR_BENCH_NOTIFY=str(int(deliver)))
     try:
         yield
     finally:
@@ -78,6 +79,14 @@ def observed(config: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+async def subscribe(url: str, events: frozenset[str]) -> None:
+    app = _make_app(url)
+    try:
+        await (await app.backend()).outbox_subscribe(events)
+    finally:
+        await app.aclose()
 
 
 async def unsubscribe(url: str) -> None:
@@ -89,7 +98,9 @@ async def unsubscribe(url: str) -> None:
         await app.aclose()
 
 
-async def throughput_pairs(url: str | None, runs: int, n: int, batch: int, rounds: int) -> list[tuple[float, float]]:
+async def throughput_pairs(
+    url: str | None, runs: int, n: int, batch: int, rounds: int, deliver: bool
+) -> list[tuple[float, float]]:
     cfg = BenchConfig(throughput_n=n)
     pairs = []
     with receiver() as (hook, count), tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +116,7 @@ async def throughput_pairs(url: str | None, runs: int, n: int, batch: int, round
                 }
             ],
             "poll_interval": 0.2,
+            "batch": rounds,
         }
         config.write_text(yaml.safe_dump({"notifications": notifications}))
         scratch = Scratch(url)
@@ -113,7 +125,9 @@ async def throughput_pairs(url: str | None, runs: int, n: int, batch: int, round
                 off = await measure_throughput(cfg, scratch.place(f"off{run}"), 2)
                 before = count[0]
                 place = scratch.place(f"on{run}")
-                with observed(config):
+                if not deliver:  # nobody delivers, so subscribe here: the events are recorded
+                    await subscribe(place.url, frozenset({"task.succeeded"}))
+                with observed(config, deliver):
                     on = await measure_throughput(cfg, place, 2)
                 await unsubscribe(place.url)
                 print(f"run {run + 1}: off {off:,.0f}/s  on {on:,.0f}/s  ratio {on / off:.2f}  "
@@ -164,11 +178,14 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=1_000_000, help="tasks stored for the /metrics timing")
     parser.add_argument("--webhook-batch", type=int, default=100, help="events per webhook request (1: one each)")
     parser.add_argument("--round", type=int, default=100, help="events a deliverer claims per round")
+    parser.add_argument("--no-deliver", action="store_true", help="record the events but deliver none during the run")
     parser.add_argument("--skip-metrics", action="store_true", help="only the throughput pairs")
     parser.add_argument("--only-metrics", action="store_true", help="only the /metrics timing")
     args = parser.parse_args()
     if not args.only_metrics:
-        pairs = asyncio.run(throughput_pairs(args.url, args.runs, args.n, args.webhook_batch, args.round))
+        pairs = asyncio.run(
+            throughput_pairs(args.url, args.runs, args.n, args.webhook_batch, args.round, not args.no_deliver)
+        )
         offs, ons = [p[0] for p in pairs], [p[1] for p in pairs]
         ratio = statistics.median(on / off for off, on in pairs)
         print(f"throughput median: off {statistics.median(offs):,.0f}/s, on {statistics.median(ons):,.0f}/s; "

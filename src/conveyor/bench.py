@@ -312,7 +312,10 @@ async def _worker_process(url: str, queues: tuple[str, ...], concurrency: int | 
     app = _make_app(url)
     try:
         await app.backend()
-        options = WorkerOptions(queues=queues, concurrency=concurrency, install_signals=True, metrics=metrics)
+        notify = os.environ.get("CONVEYOR_BENCH_NOTIFY", "1") == "1"  # 0: events recorded, delivered later
+        options = WorkerOptions(
+            queues=queues, concurrency=concurrency, install_signals=True, metrics=metrics, notify=notify
+        )
         worker = Worker(app, options)
         print("ready", flush=True)
         if (await asyncio.to_thread(sys.stdin.readline)).strip() == "go":
