@@ -43,7 +43,9 @@ class OutboxOps(Connection):
 
     def outbox_settle(self, settles: list[OutboxSettle]) -> None:
         with self._write() as cur:
-            cur.executemany(Q["outbox_drop"], [(int(s.id),) for s in settles if s.retry_at is None])
+            drop = [int(s.id) for s in settles if s.retry_at is None]
+            if drop:
+                cur.execute(Q["outbox_drop"], (dump(drop),))
             cur.executemany(
                 Q["outbox_retry"],
                 [(s.retry_at, dump_list(s.done), int(s.id)) for s in settles if s.retry_at is not None],

@@ -19,7 +19,8 @@ CREATE TABLE outbox (
     state       TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
     at          REAL NOT NULL,
-    next_at     REAL NOT NULL,             -- due for (re)delivery; a claim leases by moving it
+    next_at     REAL NOT NULL,             -- due for (re)delivery (moved only by a retry)
+    leased_until REAL NOT NULL DEFAULT 0,  -- a claim's lease: not indexed, so claims touch no index
     deliveries  INTEGER NOT NULL DEFAULT 0,
     done        TEXT NOT NULL DEFAULT '[]', -- targets that already have it (JSON array)
     result      TEXT,                       -- the task's, copied: delivery never reads tasks

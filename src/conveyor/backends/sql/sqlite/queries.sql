@@ -523,15 +523,17 @@ DELETE FROM outbox_subscriptions;
 INSERT INTO outbox_subscriptions (event) VALUES (?);
 
 -- name: outbox_claim
-UPDATE outbox SET next_at = :until, deliveries = deliveries + 1
-WHERE id IN (SELECT id FROM outbox WHERE next_at <= :now ORDER BY next_at, id LIMIT :limit)
+-- Leased rows ahead in the index are skipped (as many as deliverers hold: a few batches).
+UPDATE outbox SET leased_until = :until, deliveries = deliveries + 1
+WHERE id IN (SELECT id FROM outbox WHERE next_at <= :now AND leased_until <= :now
+             ORDER BY next_at, id LIMIT :limit)
 RETURNING id, event, task_id, workflow_id, queue, name, state, attempt, at, deliveries, done, result, error;
 
 -- name: outbox_drop
-DELETE FROM outbox WHERE id = ?;
+DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: outbox_retry
-UPDATE outbox SET next_at = ?, done = ? WHERE id = ?;
+UPDATE outbox SET next_at = ?, leased_until = 0, done = ? WHERE id = ?;
 
 -- name: outbox_size
 SELECT count(*) FROM outbox;
