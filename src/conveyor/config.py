@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from conveyor.errors import ConfigError, InvalidInput
@@ -172,6 +172,14 @@ class NotificationsConfig(BaseModel):
     backoff: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     max_deliveries: int = Field(default=25, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> NotificationsConfig:
+        names = [t.name or t.url for t in self.webhooks] + [t.name or ",".join(t.to) for t in self.emails]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"notification targets need distinct names (give each a name:); repeated: {repeated}")
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -96,13 +96,9 @@ class _Target:
 
 
 def _targets(cfg: NotificationsConfig) -> list[_Target]:
+    """Every target under the name the outbox remembers (distinct: the config checks)."""
     out = [_Target(t.name or t.url, t) for t in cfg.webhooks]
-    out += [_Target(t.name or ",".join(t.to), t) for t in cfg.emails]
-    names = [t.name for t in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InvalidInput(f"notification targets need distinct names; repeated: {', '.join(dupes)}")
-    return out
+    return out + [_Target(t.name or ",".join(t.to), t) for t in cfg.emails]
 
 
 class Notifier:

@@ -1,4 +1,4 @@
-"""Webhook signatures: what ``verify`` accepts and what it refuses."""
+"""Notifications without a server: what ``verify`` accepts and refuses, and target names."""
 
 from __future__ import annotations
 
@@ -40,3 +40,16 @@ def test_moving_the_timestamp_breaks_the_digest() -> None:
 @given(st.text(max_size=200))
 def test_garbage_headers_never_verify(header: str) -> None:
     assert not verify(SECRET, BODY, header)
+
+
+def test_targets_with_the_same_name_are_refused_by_the_config() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from conveyor.config import NotificationsConfig
+
+    hook = {"url": "http://h/x", "secret": "s" * 16, "events": ["task.succeeded"]}
+    with pytest.raises(ValidationError, match="distinct names"):
+        NotificationsConfig.model_validate({"webhooks": [hook, hook]})
+    both = NotificationsConfig.model_validate({"webhooks": [hook, {**hook, "name": "second"}]})
+    assert both.events() == frozenset({"task.succeeded"})
