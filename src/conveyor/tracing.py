@@ -17,7 +17,7 @@ this costs a context-variable read per submit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from conveyor.logs import request_id_var
@@ -96,7 +96,3 @@ def record_outcome(span: Any, kind: str, error_type: str | None = None) -> None:
     span.set_attribute("conveyor.outcome", kind)
     if kind != "complete":
         span.set_status(Status(StatusCode.ERROR, error_type))
-
-
-def request_id_of(task_headers: Mapping[str, str]) -> str | None:
-    return task_headers.get(REQUEST_ID)
