@@ -204,3 +204,32 @@ async def test_a_flush_cancelled_before_it_ran_is_replaced(db_url: str) -> None:
         assert (await asyncio.wait_for(first, 5))[1] and second[1]
     finally:
         await app.state.conveyor.aclose()
+
+
+async def test_a_ring_shard_that_is_down_fails_only_the_submits_it_holds(tmp_path: Any) -> None:
+    """A sharded ring stores a group commit's parts shard by shard: the submits whose
+    shard is up succeed (and are stored once), only the others fail."""
+    from conveyor.backends.sharded import ShardedBackend
+
+    app = create_app(load_settings(url=f"shards+sqlite:///{tmp_path}/a.db,/{tmp_path}/b.db"))
+    batcher: SubmitBatcher = app.state.submitter
+    conveyor = app.state.conveyor
+    try:
+        ring = await conveyor.backend()
+        assert isinstance(ring, ShardedBackend)
+
+        async def down(params: EnqueueParams) -> list[Enqueued]:
+            raise BackendUnavailable("shard 1 is down")
+
+        ring.shards[1].task_enqueue_many = down  # type: ignore[method-assign]
+        outcomes = await asyncio.gather(
+            *(batcher.submit(TaskSpec(name="t", args={"i": i})) for i in range(12)), return_exceptions=True
+        )
+        stored = [o for o in outcomes if not isinstance(o, BaseException)]
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert stored and failed, "the ids should spread over both shards"
+        assert all(isinstance(f, BackendUnavailable) for f in failed)
+        kept = (await conveyor.list_tasks_async()).items
+        assert sorted(t.id for t in kept) == sorted(task.id for task, _ in stored)  # type: ignore[misc]
+    finally:
+        await conveyor.aclose()

@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from conveyor.app import Conveyor
 from conveyor.backends.base import Backend, Enqueued, EnqueueParams, TaskFilter
-from conveyor.errors import BackendUnavailable, ConveyorError
+from conveyor.errors import BackendUnavailable, ConveyorError, TaskExists
 from conveyor.models import HistoryEntry, NewTask, Task, TaskSpec
 from conveyor.priority import band_of
 from conveyor.states import State
@@ -132,8 +132,10 @@ class SubmitBatcher:
             backend = await self.conveyor.backend()
             results = await self._enqueue(backend, [new for new, _ in batch])
         except ConveyorError as exc:
-            if backend is None or len(batch) == 1 or isinstance(exc, BackendUnavailable):
+            if backend is None:
                 _fail(batch, exc)
+            elif len(batch) == 1 or isinstance(exc, BackendUnavailable):
+                await self._keep_stored(backend, batch, exc)
             else:
                 await self._one_by_one(backend, batch)
         except BaseException as exc:
@@ -145,10 +147,27 @@ class SubmitBatcher:
                 if not fut.done():
                     fut.set_result(result)
 
+    async def _keep_stored(
+        self, backend: Backend, batch: Sequence[tuple[NewTask, asyncio.Future[Enqueued]]], exc: Exception
+    ) -> None:
+        """Fail the submits of a refused batch, except those it stored anyway: a sharded
+        ring writes each shard's part on its own, so a shard that is down refuses only
+        its part (every other engine stores all or nothing, and this finds nothing)."""
+        found = await asyncio.gather(*(backend.task_get(new.id) for new, _ in batch), return_exceptions=True)
+        for (new, fut), task in zip(batch, found, strict=True):
+            if fut.done():
+                continue
+            if isinstance(task, Task):
+                fut.set_result(Enqueued(new.id, task.state, True))
+            else:
+                fut.set_exception(exc)
+
     async def _one_by_one(self, backend: Backend, batch: list[tuple[NewTask, asyncio.Future[Enqueued]]]) -> None:
         for i, (new, fut) in enumerate(batch):
             try:
                 (result,) = await self._enqueue(backend, [new])
+            except TaskExists as exc:  # its own id: the refused batch stored it on its shard
+                await self._keep_stored(backend, [(new, fut)], exc)
             except Exception as exc:
                 if not fut.done():
                     fut.set_exception(exc)
