@@ -85,7 +85,8 @@ async def _work(dsn: str, mode: str, results: Any, stop: Any) -> None:
     watcher = asyncio.create_task(watch())
     results.put("ready")
     run_mode = QueueExecutionMode.drain if mode == "drain" else QueueExecutionMode.continuous
-    await qm.run(batch_size=10, mode=run_mode, dequeue_timeout=timedelta(seconds=30))
+    batch = int(os.environ.get("PGQUEUER_BATCH_SIZE", "10"))  # run_pgqueuer.sh BATCH=N
+    await qm.run(batch_size=batch, mode=run_mode, dequeue_timeout=timedelta(seconds=30))
     results.put({"first": min(times, default=None), "last": max(times, default=None), "waits": waits})
     await conn.close()
     await watcher

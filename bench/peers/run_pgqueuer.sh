@@ -46,6 +46,10 @@ if "schema" in parse_qs(urlsplit(url).query):  # only a schema the URL names: ne
 PY
 }
 
+# BATCH=N: tasks each worker process takes at once on both sides (pgqueuer's
+# batch_size, Conveyor's worker concurrency); default 10, each library's default.
+export PGQUEUER_BATCH_SIZE="${BATCH:-10}" CONVEYOR_WORKER__CONCURRENCY="${BATCH:-10}"
+
 mkdir -p "$OUT"
 rm -f "$OUT"/pgqueuer-*.json "$OUT"/conveyor-*.json
 if ! "$PGQUEUER_VENV/bin/python" -c "import pgqueuer, sys; sys.exit(pgqueuer.__version__ != '$PGQUEUER_VERSION')" 2>/dev/null; then
