@@ -53,3 +53,12 @@ def test_targets_with_the_same_name_are_refused_by_the_config() -> None:
         NotificationsConfig.model_validate({"webhooks": [hook, hook]})
     both = NotificationsConfig.model_validate({"webhooks": [hook, {**hook, "name": "second"}]})
     assert both.events() == frozenset({"task.succeeded"})
+
+
+def test_the_config_knows_exactly_the_engines_events() -> None:
+    from typing import get_args
+
+    from conveyor.backends.base import OUTBOX_EVENTS
+    from conveyor.config import NotifyEvent
+
+    assert set(get_args(NotifyEvent)) == set(OUTBOX_EVENTS)

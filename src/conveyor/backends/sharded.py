@@ -551,7 +551,7 @@ class ShardedBackend:
 
     async def outbox_subscribe(self, events: frozenset[str]) -> None:
         check_events(events)
-        await asyncio.gather(*(self.shards[i].outbox_subscribe(events) for i in range(len(self.shards))))
+        await asyncio.gather(*(shard.outbox_subscribe(events) for shard in self.shards))
 
     async def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
         async def take(shard: int, limit: int) -> list[OutboxEvent]:
@@ -571,7 +571,7 @@ class ShardedBackend:
         await asyncio.gather(*(self.shards[i].outbox_settle(part) for i, part in by_shard.items()))
 
     async def outbox_size(self) -> int:
-        return sum(await asyncio.gather(*(self.shards[i].outbox_size() for i in range(len(self.shards)))))
+        return sum(await asyncio.gather(*(shard.outbox_size() for shard in self.shards)))
 
     # --- flow control --------------------------------------------------------------------
 
