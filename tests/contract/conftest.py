@@ -46,3 +46,16 @@ async def open_backend(backend_url: str) -> AsyncIterator[OpenBackend]:
 async def backend(open_backend: OpenBackend) -> Backend:
     """An opened engine on an empty store."""
     return await open_backend()
+
+
+@pytest.fixture
+async def other_backend(request: pytest.FixtureRequest, backend_url: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    """A second, empty store of the same engine (another file, schema or key prefix)."""
+    other_tmp = tmp_path / "other"
+    other_tmp.mkdir(exist_ok=True)
+    url = format_url(str(request.node.callspec.params["backend_url"]), str(other_tmp))
+    backend = make_backend(url)
+    await backend.open()
+    yield backend
+    await backend.close()
+    drop_store(url)

@@ -426,6 +426,23 @@ class FlowStore(Protocol):
 
 
 @runtime_checkable
+class RestoreStore(Protocol):
+    """``conveyor import``: storing exported tasks as they were."""
+
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        """Store tasks exactly as given (``conveyor import`` of an export, maybe from
+        another engine): state, attempts, history, result, error, times and all, with
+        every index and count kept. Not a transition: nothing is recorded in the
+        history or the outbox. A task whose id, or whose queue's idempotency key, is
+        already stored is skipped; returns how many were stored. A ``waiting`` task is
+        linked to those of its parents that are stored and unfinished, so their
+        outcomes settle it. A ``running`` task keeps its lease expiry but no lease
+        token, so no worker can finish it: the reaper returns it to ``pending`` once
+        that time has passed, as after a crash."""
+        ...
+
+
+@runtime_checkable
 class OutboxStore(Protocol):
     """The durable outbox behind notifications (``conveyor.notify``).
 

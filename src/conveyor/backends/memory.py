@@ -149,6 +149,40 @@ class _Row:
             headers=dict(t.headers),
         )
 
+    @classmethod
+    def from_task(cls, t: Task) -> _Row:
+        """A restored task (``task_restore``): every field as exported, no lease token."""
+        return cls(
+            id=t.id,
+            name=t.name,
+            args=_json_copy(t.args, "args"),
+            queue=t.queue,
+            priority=t.priority,
+            state=t.state,
+            labels=list(t.labels),
+            requires=list(t.requires),
+            run_at=t.run_at.timestamp(),
+            depends_on=list(t.depends_on),
+            idempotency_key=t.idempotency_key,
+            max_retries=t.max_retries,
+            timeout=t.timeout,
+            retry=t.retry,
+            created_at=t.created_at.timestamp(),
+            updated_at=t.updated_at.timestamp(),
+            attempts=t.attempts,
+            result=_json_copy(t.result, "result"),
+            error=None if t.error is None else t.error.model_copy(),
+            failure_reason=t.failure_reason,
+            worker_id=t.worker_id,
+            lease_expires_at=None if t.lease_expires_at is None else t.lease_expires_at.timestamp(),
+            started_at=None if t.started_at is None else t.started_at.timestamp(),
+            finished_at=None if t.finished_at is None else t.finished_at.timestamp(),
+            history=[entry.model_copy() for entry in t.history],
+            workflow_id=t.workflow_id,
+            workflow_key=t.workflow_key,
+            headers=dict(t.headers),
+        )
+
     @property
     def ready_key(self) -> tuple[int, float, str]:
         return (-self.priority, self.run_at, self.id)
@@ -486,6 +520,35 @@ class _Store:
             task_id = existing.get(pos, t.id)
             out.append(Enqueued(id=task_id, state=self.tasks[task_id].state, created=pos not in existing))
         return out
+
+    def restore(self, tasks: Sequence[Task]) -> int:
+        """``task_restore``: rows exactly as exported, indexed and counted as they stand."""
+        rows: list[_Row] = []
+        for task in tasks:
+            key = None if task.idempotency_key is None else (task.queue, task.idempotency_key)
+            if task.id in self.tasks or (key is not None and key in self.idempotency):
+                continue
+            row = _Row.from_task(task)
+            self.tasks[row.id] = row
+            insort(self.order, row.id)
+            if key is not None:
+                self.idempotency[key] = row.id
+            if row.workflow_id is not None:
+                insort(self.workflows[row.workflow_id], row.id)
+            self._count(row, +1)
+            self._index(row)
+            if row.state is State.RUNNING:
+                self.running[row.id] = row
+                self.running_by[("queue", row.queue)] += 1
+                self.running_by[("task", row.name)] += 1
+            rows.append(row)
+        for row in rows:
+            if row.state is State.WAITING:
+                for dep in row.depends_on:
+                    parent = self.tasks.get(dep)
+                    if parent is not None and parent.state not in states.TERMINAL:
+                        self.dependents[dep].add(row.id)
+        return len(rows)
 
     def _check_room(self, rows: Sequence[_Row], max_length: dict[str, int]) -> None:
         added = Counter(row.queue for row in rows)
@@ -923,6 +986,10 @@ class MemoryBackend:
     async def task_replay(self, flt: TaskFilter) -> int:
         with self._store.atomic() as store:
             return store.replay(flt)
+
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        with self._store.atomic() as store:
+            return store.restore(tasks)
 
     async def task_purge(self, flt: TaskFilter) -> int:
         with self._store.atomic() as store:

@@ -58,6 +58,7 @@ from conveyor.backends.base import (
     Outcome,
     ReapParams,
     ReleaseParams,
+    RestoreStore,
     TaskFilter,
     WaitParams,
     check_events,
@@ -519,6 +520,35 @@ class ShardedBackend:
 
     async def task_purge(self, flt: TaskFilter) -> int:
         return sum(await asyncio.gather(*(shard.task_purge(flt) for shard in self.shards)))
+
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        """Each task to the shard its key names, as a submit would place it: a workflow's
+        by the workflow, a dependent with its first parent (restored in this call or
+        stored already), others by idempotency key or id."""
+        parents = {dep for t in tasks if t.workflow_id is None for dep in t.depends_on[:1]}
+        stored = await self._locate([p for p in parents if p not in {t.id for t in tasks}])
+        placed: dict[str, int] = {}
+        for task in sorted(tasks, key=lambda t: t.id):  # ids are time-sortable: parents first
+            parent = task.depends_on[0] if task.depends_on and task.workflow_id is None else None
+            if parent is not None and (parent in placed or parent in stored):
+                placed[task.id] = placed.get(parent, stored.get(parent, 0))
+            elif task.workflow_id is not None:
+                placed[task.id] = self.ring.shard_of(workflow_key(task.workflow_id))
+            elif task.idempotency_key is not None:
+                placed[task.id] = self.ring.shard_of(f"idem:{task.queue}\x1f{task.idempotency_key}")
+            else:
+                placed[task.id] = self.ring.shard_of(task.id)
+        parts: dict[int, list[Task]] = {}
+        for task in tasks:
+            parts.setdefault(placed[task.id], []).append(task)
+        stores = [shard for shard in self.shards if isinstance(shard, RestoreStore)]
+        if len(stores) < len(self.shards):
+            raise InvalidInput("an engine of this ring cannot restore tasks yet (docs/cli.md, conveyor import)")
+        counts = await asyncio.gather(*(stores[i].task_restore(part) for i, part in parts.items()))
+        for i, part in parts.items():
+            for task in part:
+                self._remember(task.id, i)
+        return sum(counts)
 
     async def queue_list(self) -> list[QueueInfo]:
         return _merge_queues(await asyncio.gather(*(shard.queue_list() for shard in self.shards)))

@@ -355,6 +355,9 @@ class SqliteBackend:
     async def task_purge(self, flt: TaskFilter) -> int:
         return await self._run(self.admin.task_purge, flt)
 
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        return await self._run(self.admin.task_restore, list(tasks)) if tasks else 0
+
     async def queue_list(self) -> list[QueueInfo]:
         return await self._run(self.admin.queue_list)
 

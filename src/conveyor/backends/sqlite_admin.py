@@ -14,7 +14,7 @@ from conveyor.backends import sqlite_flow
 from conveyor.backends.base import ListParams, OutboxClaimParams, OutboxEvent, OutboxSettle, TaskFilter
 from conveyor.backends.codec import dump, dump_list, outbox_event
 from conveyor.backends.sqlite_ops import Connection, Q
-from conveyor.backends.sqlite_rows import stamp, task_from_row, worker_from_row, worker_row
+from conveyor.backends.sqlite_rows import restore_row, stamp, task_from_row, worker_from_row, worker_row
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
 from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
@@ -58,6 +58,23 @@ class OutboxOps(Connection):
 
 class AdminOps(OutboxOps):
     """One method per ``AdminStore`` and ``WorkerRegistry`` operation (bar heartbeats)."""
+
+    def task_restore(self, tasks: list[Task]) -> int:
+        """Each exported task as it was; new rows are counted per (queue, state,
+        priority) and waiting ones linked to their parents, in one transaction."""
+        added: Counter[tuple[str, str, int]] = Counter()
+        links: list[tuple[str, str]] = []
+        with self._write() as cur:
+            for task in tasks:
+                row = cur.execute(Q["restore_task"], restore_row(task)).fetchone()
+                if row is None:
+                    continue  # its id or its idempotency key is taken
+                added[(row[0], row[1], row[2])] += 1
+                if task.state is State.WAITING:
+                    links += [(parent, task.id) for parent in task.depends_on]
+            cur.executemany(Q["count_new"], [(*key, n) for key, n in added.items()])
+            cur.executemany(Q["insert_dep"], links)
+        return sum(added.values())
 
     def worker_register(self, info: WorkerInfo) -> None:
         with self._write() as cur:

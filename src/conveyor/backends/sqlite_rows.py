@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 from conveyor.backends.base import Outcome
@@ -77,6 +78,49 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
         task.workflow_id,
         task.workflow_key,
         dump(task.headers) if task.headers else None,
+    )
+
+
+def restore_row(t: Task) -> tuple[Any, ...]:
+    """Positional parameters of ``restore_task``: an exported task, every field as it was."""
+
+    def epoch(value: datetime | None) -> float | None:
+        return None if value is None else value.timestamp()
+
+    history = [
+        {"at": e.at.timestamp(), "state": e.state.value, "transition": e.transition,
+         "worker_id": e.worker_id, "reason": e.reason}
+        for e in t.history
+    ]  # fmt: skip
+    return (
+        t.id,
+        t.name,
+        dump(t.args) if t.args else "{}",
+        t.queue,
+        t.priority,
+        t.state.value,
+        dump_list(t.labels),
+        dump_list(t.requires),
+        t.run_at.timestamp(),
+        dump_list(t.depends_on),
+        t.idempotency_key,
+        t.max_retries,
+        t.timeout,
+        dump_policy(t.retry),
+        t.attempts,
+        None if t.result is None else dump(t.result),
+        None if t.error is None else t.error.model_dump_json(),
+        None if t.failure_reason is None else t.failure_reason.value,
+        t.worker_id,
+        epoch(t.lease_expires_at),
+        t.created_at.timestamp(),
+        epoch(t.started_at),
+        epoch(t.finished_at),
+        t.updated_at.timestamp(),
+        dump(history),
+        t.workflow_id,
+        t.workflow_key,
+        dump(t.headers) if t.headers else None,
     )
 
 

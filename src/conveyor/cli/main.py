@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from conveyor import __version__
 from conveyor.app import describe_validation
-from conveyor.cli import api, cron, flow, ops, run, tasks
+from conveyor.cli import api, backup, cron, flow, ops, run, tasks
 from conveyor.cli.common import err
 from conveyor.errors import ConveyorError
 
@@ -31,6 +31,7 @@ run.register(cli)
 cron.register(cli)
 api.register(cli)
 flow.register(cli)
+backup.register(cli)
 
 
 def _version(value: bool) -> None:

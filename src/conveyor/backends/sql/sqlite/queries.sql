@@ -537,3 +537,14 @@ UPDATE outbox SET next_at = ?, leased_until = 0, done = ? WHERE id = ?;
 
 -- name: outbox_size
 SELECT count(*) FROM outbox;
+
+-- name: restore_task
+-- task_restore: one exported task exactly as it was (sqlite_rows.restore_row); a
+-- stored id or idempotency key makes it a no-op, and then nothing is returned.
+INSERT OR IGNORE INTO tasks (
+    id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+    idempotency_key, max_retries, timeout, retry, attempts, result, error, failure_reason,
+    worker_id, lease_token, lease_expires_at, created_at, started_at, finished_at, updated_at,
+    history, workflow_id, workflow_key, headers
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING queue, state, priority;
