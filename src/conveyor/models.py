@@ -215,6 +215,15 @@ class QueueInfo(BaseModel):
     paused: bool = False
     max_length: int | None = None
 
+    @classmethod
+    def empty(cls, name: str) -> QueueInfo:
+        """A queue with every state and band at zero (engines fill in what they count)."""
+        return cls(name=name, counts={s.value: 0 for s in State}, pending_by_band={b.value: 0 for b in Band})
+
+
+#: Seconds counted by ``Stats.finished_last_minute``.
+FINISHED_WINDOW = 60.0
+
 
 class Stats(BaseModel):
     """Cluster-wide counts (``conveyor stats``, ``GET /stats``)."""
@@ -226,6 +235,26 @@ class Stats(BaseModel):
     finished_last_minute: int
     throughput_per_second: float
     open_breakers: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def collect(
+        cls, queues: list[QueueInfo], workers: list[WorkerInfo], finished: int, open_breakers: list[str]
+    ) -> Stats:
+        """The figures every engine derives alike from its queue depths, its registry
+        and the tasks it finished in the last ``FINISHED_WINDOW`` seconds."""
+        counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
+        by_state = {s.value: 0 for s in WorkerState}
+        for worker in workers:
+            by_state[worker.state.value] += 1
+        return cls(
+            counts=counts,
+            queues=queues,
+            workers=by_state,
+            dlq_size=counts[State.FAILED.value],
+            finished_last_minute=finished,
+            throughput_per_second=finished / FINISHED_WINDOW,
+            open_breakers=open_breakers,
+        )
 
 
 class Page(BaseModel):

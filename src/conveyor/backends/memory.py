@@ -60,6 +60,7 @@ from conveyor.features.flow import (
     running_keys,
 )
 from conveyor.models import (
+    FINISHED_WINDOW,
     ClaimedTask,
     HistoryEntry,
     NewTask,
@@ -76,7 +77,6 @@ from conveyor.retry import RetryPolicy
 from conveyor.states import FailureReason, State
 
 _DELAYED = frozenset({State.SCHEDULED, State.RETRYING})
-_FINISHED_WINDOW = 60.0  # seconds counted by ``Stats.finished_last_minute``
 
 
 def _dt(ts: float) -> datetime:
@@ -833,27 +833,10 @@ class _Store:
         ]
 
     def stats(self, offline_after: float) -> Stats:
-        now = time.time()
-        counts = {state.value: 0 for state in State}
-        for (_, state), n in self.counts.items():
-            counts[state.value] += n
-        finished = sum(
-            1
-            for row in self.tasks.values()
-            if row.finished_at is not None and row.finished_at >= now - _FINISHED_WINDOW
-        )
-        workers = {state.value: 0 for state in WorkerState}
-        for worker in self.worker_list(offline_after):
-            workers[worker.state.value] += 1
-        return Stats(
-            counts=counts,
-            queues=self.queue_list(),
-            workers=workers,
-            dlq_size=counts[State.FAILED.value],
-            finished_last_minute=finished,
-            throughput_per_second=finished / _FINISHED_WINDOW,
-            open_breakers=open_breakers(self.flow.values()),
-        )
+        since = time.time() - FINISHED_WINDOW
+        finished = sum(1 for row in self.tasks.values() if row.finished_at is not None and row.finished_at >= since)
+        workers = self.worker_list(offline_after)
+        return Stats.collect(self.queue_list(), workers, finished, open_breakers(self.flow.values()))
 
     # --- workers ---------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ favour plain SQL over cleverness."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -18,8 +17,8 @@ from conveyor.backends.postgres_rows import task_from_row, worker_from_row, work
 from conveyor.backends.sqlfiles import load_queries
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
-from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
-from conveyor.priority import Band, band_of
+from conveyor.models import FINISHED_WINDOW, Page, QueueInfo, Stats, Task, WorkerInfo
+from conveyor.priority import band_of
 from conveyor.states import State
 
 Q = load_queries("postgres")
@@ -31,10 +30,6 @@ def _filter_args(flt: TaskFilter) -> dict[str, Any]:
     """Named parameters of a ``TaskFilter``; ``None`` matches everything."""
     ids = None if flt.ids is None else list(flt.ids)
     return {"queue": flt.queue, "name": flt.name, "label": flt.label, "ids": ids}
-
-
-def _empty_queue(name: str) -> QueueInfo:
-    return QueueInfo(name=name, counts={s.value: 0 for s in State}, pending_by_band={b.value: 0 for b in Band})
 
 
 async def worker_register(conn: Conn, info: WorkerInfo) -> None:
@@ -98,13 +93,13 @@ async def queue_list(conn: Conn) -> list[QueueInfo]:
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cur = await conn.execute(Q["queue_counts"])
         for queue, state, count in await cur.fetchall():
-            queues.setdefault(queue, _empty_queue(queue)).counts[state] = count
+            queues.setdefault(queue, QueueInfo.empty(queue)).counts[state] = count
         cur = await conn.execute(Q["queue_ready_priorities"])
         for queue, priority, count in await cur.fetchall():
-            queues.setdefault(queue, _empty_queue(queue)).pending_by_band[band_of(priority).value] += count
+            queues.setdefault(queue, QueueInfo.empty(queue)).pending_by_band[band_of(priority).value] += count
         for control in await postgres_flow.load_controls(conn.cursor()):
             if control.kind == "queue":
-                queues.setdefault(control.name, _empty_queue(control.name)).paused = control.paused
+                queues.setdefault(control.name, QueueInfo.empty(control.name)).paused = control.paused
     return [queues[name] for name in sorted(queues)]
 
 
@@ -116,22 +111,11 @@ async def stats(conn: Conn, offline_after: float) -> Stats:
         # off (see PgUrl.connect_kwargs) and statistics taken before anything finished,
         # the planner would scan the whole table (150 ms at a million tasks).
         await conn.execute("SET LOCAL enable_seqscan = off")
-        cur = await conn.execute(Q["finished_since"], {"since": now - 60.0})
+        cur = await conn.execute(Q["finished_since"], {"since": now - FINISHED_WINDOW})
         row = await cur.fetchone()
     finished = 0 if row is None else int(row[0])
     breakers = open_breakers(await postgres_flow.load_controls(conn.cursor()))
-    workers = await worker_list(conn, offline_after)
-    counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
-    by_state = Counter(w.state.value for w in workers)
-    return Stats(
-        counts=counts,
-        queues=queues,
-        workers={s.value: by_state.get(s.value, 0) for s in WorkerState},
-        dlq_size=counts[_FAILED],
-        finished_last_minute=finished,
-        throughput_per_second=finished / 60.0,
-        open_breakers=breakers,
-    )
+    return Stats.collect(queues, await worker_list(conn, offline_after), finished, breakers)
 
 
 async def queue_update(conn: Conn, update: QueueUpdate, channel: str) -> FlowControl:

@@ -24,7 +24,7 @@ from conveyor.backends.base import Enqueued, EnqueueParams, ListParams, TaskFilt
 from conveyor.backends.redis_rows import task_from, worker_from
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, apply_update, open_breakers
-from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
+from conveyor.models import FINISHED_WINDOW, Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
 from conveyor.priority import Band
 from conveyor.states import State
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from conveyor.backends.redis_engine import RedisBackend
 
 CHUNK = 200  # ids read per round trip by listings
-FINISHED_WINDOW = 60.0  # seconds counted by ``Stats.finished_last_minute``
 #: ready-set score ranges of each band: score = (10 - priority) * 1e10 + run_at
 BAND_SCORES = {Band.HIGH: ("0", "(3e10"), Band.MEDIUM: ("3e10", "(7e10"), Band.LOW: ("7e10", "+inf")}
 
@@ -194,21 +193,9 @@ async def queue_list(b: RedisBackend) -> list[QueueInfo]:
 
 async def stats(b: RedisBackend) -> Stats:
     queues = await queue_list(b)
-    counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
     now = time.time()
     finished = int(await b.guarded(lambda: b.client.zcount(b.key("fin"), now - FINISHED_WINDOW, "+inf")))
-    workers = {s.value: 0 for s in WorkerState}
-    for w in await worker_list(b):
-        workers[w.state.value] += 1
-    return Stats(
-        counts=counts,
-        queues=queues,
-        workers=workers,
-        dlq_size=counts[State.FAILED.value],
-        finished_last_minute=finished,
-        throughput_per_second=finished / FINISHED_WINDOW,
-        open_breakers=open_breakers(await flow_list(b)),
-    )
+    return Stats.collect(queues, await worker_list(b), finished, open_breakers(await flow_list(b)))
 
 
 # --- flow control --------------------------------------------------------------------

@@ -17,8 +17,8 @@ from conveyor.backends.sqlite_ops import Connection, Q
 from conveyor.backends.sqlite_rows import restore_row, stamp, task_from_row, worker_from_row, worker_row
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
-from conveyor.models import Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
-from conveyor.priority import Band, band_of
+from conveyor.models import FINISHED_WINDOW, Page, QueueInfo, Stats, Task, WorkerInfo
+from conveyor.priority import band_of
 from conveyor.states import State
 
 _FAILED = states.target("fail").value
@@ -164,38 +164,23 @@ class AdminOps(OutboxOps):
         here, so ``conveyor.priority`` stays the one place that defines them."""
         queues: dict[str, QueueInfo] = {}
         for queue, state, count in cur.execute(Q["queue_counts"]):
-            info = queues.setdefault(queue, _empty_queue(queue))
+            info = queues.setdefault(queue, QueueInfo.empty(queue))
             info.counts[state] = count
         for queue, priority, count in cur.execute(Q["queue_ready_priorities"]):
-            info = queues.setdefault(queue, _empty_queue(queue))
+            info = queues.setdefault(queue, QueueInfo.empty(queue))
             info.pending_by_band[band_of(priority).value] += count
         for control in sqlite_flow.load_controls(cur).values():
             if control.kind == "queue":
-                queues.setdefault(control.name, _empty_queue(control.name)).paused = control.paused
+                queues.setdefault(control.name, QueueInfo.empty(control.name)).paused = control.paused
         return [queues[name] for name in sorted(queues)]
 
     def stats(self, offline_after: float) -> Stats:
         now = time.time()
         with self._read() as cur:
             queues = self._queues(cur)
-            finished = cur.execute(Q["finished_since"], {"since": now - 60.0}).fetchone()[0]
+            finished = cur.execute(Q["finished_since"], {"since": now - FINISHED_WINDOW}).fetchone()[0]
             breakers = open_breakers(sqlite_flow.load_controls(cur).values())
-        workers = self.worker_list(offline_after)
-        counts = {s.value: sum(q.counts.get(s.value, 0) for q in queues) for s in State}
-        by_state = Counter(w.state.value for w in workers)
-        return Stats(
-            counts=counts,
-            queues=queues,
-            workers={s.value: by_state.get(s.value, 0) for s in WorkerState},
-            dlq_size=counts[_FAILED],
-            finished_last_minute=finished,
-            throughput_per_second=finished / 60.0,
-            open_breakers=breakers,
-        )
-
-
-def _empty_queue(name: str) -> QueueInfo:
-    return QueueInfo(name=name, counts={s.value: 0 for s in State}, pending_by_band={b.value: 0 for b in Band})
+        return Stats.collect(queues, self.worker_list(offline_after), finished, breakers)
 
 
 def _filter_args(flt: TaskFilter) -> dict[str, Any]:
