@@ -135,11 +135,21 @@ class WebhookTarget(_Target):
     timeout: float = Field(default=10.0, gt=0, le=300)
     batch: int = Field(default=1, ge=1, le=1000)  # events per request; >1 posts {"events": [...]}
 
+    @property
+    def key(self) -> str:
+        """The name the outbox remembers it by: ``name``, else the URL."""
+        return self.name or self.url
+
 
 class EmailTarget(_Target):
     """Send each event as a plain-text email through ``notifications.smtp``."""
 
     to: list[str] = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        """The name the outbox remembers it by: ``name``, else the addresses."""
+        return self.name or ",".join(self.to)
 
 
 class SmtpConfig(BaseModel):
@@ -175,7 +185,7 @@ class NotificationsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_names(self) -> NotificationsConfig:
-        names = [t.name or t.url for t in self.webhooks] + [t.name or ",".join(t.to) for t in self.emails]
+        names = [t.key for t in self.targets()]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"notification targets need distinct names (give each a name:); repeated: {repeated}")
@@ -185,9 +195,12 @@ class NotificationsConfig(BaseModel):
     def enabled(self) -> bool:
         return bool(self.webhooks or self.emails)
 
+    def targets(self) -> list[WebhookTarget | EmailTarget]:
+        return [*self.webhooks, *self.emails]
+
     def events(self) -> frozenset[str]:
         """Every event some target wants: what the engine is asked to record."""
-        return frozenset(e for t in [*self.webhooks, *self.emails] for e in t.events)
+        return frozenset(e for t in self.targets() for e in t.events)
 
 
 class Settings(BaseSettings):

@@ -97,8 +97,7 @@ class _Target:
 
 def _targets(cfg: NotificationsConfig) -> list[_Target]:
     """Every target under the name the outbox remembers (distinct: the config checks)."""
-    out = [_Target(t.name or t.url, t) for t in cfg.webhooks]
-    return out + [_Target(t.name or ",".join(t.to), t) for t in cfg.emails]
+    return [_Target(t.key, t) for t in cfg.targets()]
 
 
 class Notifier:
