@@ -252,40 +252,6 @@ class _Row:
         )
 
 
-@dataclass(eq=False, slots=True)
-class _OutboxRow:
-    event: str
-    task_id: str
-    workflow_id: str | None
-    queue: str
-    name: str
-    state: State
-    attempt: int
-    at: float
-    next_at: float
-    deliveries: int = 0
-    done: tuple[str, ...] = ()
-    result: str | None = None
-    error: str | None = None
-
-    def public(self, key: int) -> OutboxEvent:
-        return OutboxEvent(
-            f"{key:020d}",
-            self.event,
-            self.task_id,
-            self.workflow_id,
-            self.queue,
-            self.name,
-            self.state,
-            self.attempt,
-            self.at,
-            self.deliveries,
-            self.done,
-            self.result,
-            self.error,
-        )
-
-
 @dataclass(slots=True, eq=False)
 class _Waiter:
     """One pending ``task_wait`` call, woken from any thread through its loop."""
@@ -316,7 +282,8 @@ class _Store:
         self.waiters: set[_Waiter] = set()
         self.touched: set[str] = set()  # queues that gained ready or delayed work
         self.subscribed: frozenset[str] = frozenset()  # outbox events recorded
-        self.outbox: dict[int, _OutboxRow] = {}  # by id, which increases: oldest first
+        self.outbox: dict[int, OutboxEvent] = {}  # by number, which increases: oldest first
+        self.outbox_due: dict[int, float] = {}  # number -> when it may be claimed (again)
         self.outbox_seq = 0
         self.workflow_events: dict[str, int] = {}  # workflow id -> its undelivered event
 
@@ -388,8 +355,9 @@ class _Store:
             self.workflow_events[wid] = self._add_event("workflow.finished", row, now)
 
     def _add_event(self, event: str, row: _Row, now: float) -> int:
-        self.outbox_seq += 1
-        self.outbox[self.outbox_seq] = _OutboxRow(
+        n = self.outbox_seq = self.outbox_seq + 1
+        self.outbox[n] = OutboxEvent(
+            f"{n:020d}",
             event,
             row.id,
             row.workflow_id,
@@ -398,36 +366,37 @@ class _Store:
             row.state,
             row.attempts,
             now,
-            next_at=now,
             result=None if row.result is None else json.dumps(row.result),
             error=None if row.error is None else row.error.model_dump_json(),
         )
-        return self.outbox_seq
+        self.outbox_due[n] = now
+        return n
 
     def outbox_claim(self, params: OutboxClaimParams) -> list[OutboxEvent]:
         now = time.time() if params.now is None else params.now
         out: list[OutboxEvent] = []
-        for key, ev in self.outbox.items():
+        for n, ev in self.outbox.items():
             if len(out) >= params.limit:
                 break
-            if ev.next_at <= now:
-                ev.next_at = now + params.lease_seconds
-                ev.deliveries += 1
-                out.append(ev.public(key))
+            if self.outbox_due[n] <= now:
+                self.outbox_due[n] = now + params.lease_seconds
+                self.outbox[n] = claimed = replace(ev, deliveries=ev.deliveries + 1)
+                out.append(claimed)
         return out
 
     def outbox_settle(self, settles: Sequence[OutboxSettle]) -> None:
         for settle in settles:
-            key = int(settle.id)
-            ev = self.outbox.get(key)
+            n = int(settle.id)
+            ev = self.outbox.get(n)
             if ev is None:
                 continue
             if settle.retry_at is None:
-                del self.outbox[key]
+                del self.outbox[n], self.outbox_due[n]
                 if ev.event == "workflow.finished" and ev.workflow_id is not None:
                     self.workflow_events.pop(ev.workflow_id, None)
             else:
-                ev.next_at, ev.done = settle.retry_at, settle.done
+                self.outbox[n] = replace(ev, done=settle.done)
+                self.outbox_due[n] = settle.retry_at
 
     def move(
         self, row: _Row, name: str, now: float, *, worker_id: str | None = None, reason: str | None = None
