@@ -110,7 +110,7 @@ async def throughput_pairs(
                 {
                     "name": "bench",
                     "url": hook,
-                    "secret": "bench-secret-0123456789",
+                    "secret": SECRET,
                     "events": ["task.succeeded"],
                     "batch": batch,
                 }
