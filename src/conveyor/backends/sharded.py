@@ -105,7 +105,7 @@ def shard_identity(piece_url: str) -> str:
 # --- partition keys ------------------------------------------------------------------
 
 
-def partition_key(task: NewTask) -> str:
+def partition_key(task: NewTask | Task) -> str:
     """The ring key of a task stored on its own (no dependency decides for it)."""
     if task.workflow_id is not None:
         return f"wf:{task.workflow_id}"
@@ -532,12 +532,8 @@ class ShardedBackend:
             parent = task.depends_on[0] if task.depends_on and task.workflow_id is None else None
             if parent is not None and (parent in placed or parent in stored):
                 placed[task.id] = placed.get(parent, stored.get(parent, 0))
-            elif task.workflow_id is not None:
-                placed[task.id] = self.ring.shard_of(workflow_key(task.workflow_id))
-            elif task.idempotency_key is not None:
-                placed[task.id] = self.ring.shard_of(f"idem:{task.queue}\x1f{task.idempotency_key}")
             else:
-                placed[task.id] = self.ring.shard_of(task.id)
+                placed[task.id] = self.ring.shard_of(partition_key(task))
         parts: dict[int, list[Task]] = {}
         for task in tasks:
             parts.setdefault(placed[task.id], []).append(task)
