@@ -363,8 +363,15 @@ class Conveyor:
         self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None
     ) -> TaskHandle:
         """Submit one task by name (the worker maps the name to a function)."""
-        (handle,) = await self.enqueue_many_async([spec_from(name, args or {}, opts or SubmitOptions())])
-        return handle
+        spec = spec_from(name, args or {}, opts or _NO_OPTIONS)
+        if self.settings.tracing:  # the submit span must enclose ``build``
+            (handle,) = await self.enqueue_many_async([spec])
+            return handle
+        # the one-task path skips what only pays off for a batch (shapes, GC pause, span)
+        task = self.build(spec, time.time(), new_id())
+        backend = self._backends.get(asyncio.get_running_loop()) or await self.backend()
+        (done,) = await backend.task_enqueue_many(EnqueueParams([task], self.settings.max_lengths()))
+        return TaskHandle(self, done.id, created=done.created)
 
     def submit(self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None) -> TaskHandle:
         return self.run_sync(self.submit_async(name, args, opts))
@@ -567,10 +574,14 @@ class Conveyor:
         return self.run_sync(self.migrate_async())
 
 
+_NO_OPTIONS = SubmitOptions()
+_OPTION_NAMES = tuple(SubmitOptions.__dataclass_fields__)
+
+
 def spec_from(name: str, args: dict[str, Any], opts: SubmitOptions) -> TaskSpec:
     """A ``TaskSpec`` from a name, args and options; validation errors become ``InvalidInput``."""
     data: dict[str, Any] = {"name": name, "args": args}
-    for key in SubmitOptions.__dataclass_fields__:
+    for key in _OPTION_NAMES:
         value = getattr(opts, key)
         if value is not None and value != ():
             data[key] = list(value) if isinstance(value, tuple | list) else value
