@@ -150,6 +150,18 @@ async def test_two_last_nodes_finishing_in_one_batch_finish_the_workflow_once(ba
     assert [e.workflow_id for e in await _drain(backend)] == [wf]
 
 
+async def test_a_big_workflow_finishes_only_when_its_oldest_open_task_does(backend: Backend) -> None:
+    """The one unfinished node is the oldest of 70: found past the newest ones."""
+    await backend.outbox_subscribe(frozenset({"workflow.finished"}))
+    wf = new_id()
+    await enqueue(backend, *(new_task(workflow_id=wf, workflow_key=f"n{i:02}") for i in range(70)))
+    claimed = sorted(await claim(backend, 70), key=lambda t: t.id)
+    await backend.task_finish_many([complete(t) for t in claimed[1:]])
+    assert await backend.outbox_size() == 0
+    await backend.task_finish_many([complete(claimed[0])])
+    assert [e.workflow_id for e in await _drain(backend)] == [wf]
+
+
 async def test_a_claimed_event_is_leased_and_comes_back_after_the_lease(backend: Backend) -> None:
     await backend.outbox_subscribe(frozenset({"task.succeeded"}))
     await submit(backend)

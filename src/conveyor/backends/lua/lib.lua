@@ -79,11 +79,19 @@ local function add_event(ev, id, t, f)
   return n
 end
 
+-- Whether every task of workflow `wf` is terminal. Newest first, a page at a time: the
+-- tasks added last (a DAG's leaves) finish last, so an unfinished one is usually found
+-- at once instead of after reading every finished task on each of them.
 local function workflow_done(wf)
-  for _, tid in ipairs(redis.call("ZRANGE", P .. ":wf:" .. wf, 0, -1)) do
-    local state = redis.call("HGET", tkey(tid), "s")
-    if state and not TERMINAL[state] then return false end
-  end
+  local key, from, PAGE = P .. ":wf:" .. wf, 0, 32
+  repeat
+    local ids = redis.call("ZREVRANGE", key, from, from + PAGE - 1)
+    for _, tid in ipairs(ids) do
+      local state = redis.call("HGET", tkey(tid), "s")
+      if state and not TERMINAL[state] then return false end
+    end
+    from = from + PAGE
+  until #ids < PAGE
   return true
 end
 
