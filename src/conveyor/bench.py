@@ -76,6 +76,7 @@ class BenchConfig:
     workers: int = 2  # worker processes for throughput (besides 1), latency and claim cost
     concurrency: int | None = None  # per worker; None: settings (CONVEYOR_WORKER__CONCURRENCY)
     submit_n: int = 5_000  # one-by-one submits per run
+    submitters: int = 16  # coroutines submitting one task per call at once (submit_concurrent)
     batch_n: int = 100_000  # batched submits per run
     batch_size: int = 1_000
     throughput_n: int = 20_000  # tasks drained per throughput run
@@ -144,6 +145,7 @@ def new_figures(workers: int = 2) -> dict[str, Figure]:
     """Every figure the bench reports, with the targets of a 2-core machine."""
     figures = [
         Figure("submit_one", "submit, one at a time", "submits/s", 5_000),
+        Figure("submit_concurrent", "submit, one per call, many callers", "submits/s"),
         Figure("submit_batch", "submit, batches of 1,000", "submits/s", 50_000),
         Figure("submit_map", "submit, bulk map of 1,000", "submits/s", 50_000),
         Figure("throughput_1", "throughput, 1 worker process", "tasks/s"),
@@ -461,8 +463,9 @@ def percentile(values: Sequence[float], pct: float) -> float:
 # --- the measurements (one run each) -------------------------------------------------------
 
 
-async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float, float]:
-    """Submits per second: one at a time, in batches of specs, and bulk (``submit_many``)."""
+async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float, float, float]:
+    """Submits per second: one at a time, one per call from ``cfg.submitters`` callers at
+    once, in batches of specs, and bulk (``submit_many``)."""
     app = _make_app(place.url)
     try:
         opts = place.opts()
@@ -471,6 +474,7 @@ async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float,
         for _ in range(cfg.submit_n):
             await app.submit_async(NOOP, {}, opts)
         one = cfg.submit_n / (time.perf_counter() - started)
+        concurrent = await _submit_concurrently(app, cfg.submit_n, opts, cfg.submitters)
         started = time.perf_counter()
         await enqueue(app, cfg.batch_n, place, batch=cfg.batch_size)
         batched = cfg.batch_n / (time.perf_counter() - started)
@@ -478,9 +482,24 @@ async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float,
         for done in range(0, cfg.batch_n, cfg.batch_size):
             await app.submit_many_async(NOOP, [{}] * min(cfg.batch_size, cfg.batch_n - done), opts)
         mapped = cfg.batch_n / (time.perf_counter() - started)
-        return one, batched, mapped
+        return one, concurrent, batched, mapped
     finally:
         await app.aclose()
+
+
+async def _submit_concurrently(app: Conveyor, n: int, opts: SubmitOptions, submitters: int) -> float:
+    """Submits/s when ``submitters`` coroutines each submit one task per call, as the
+    request handlers of a web app do: the engine may overlap their round trips (one
+    pipelined Redis connection, several pooled PostgreSQL ones), but no call batches."""
+    share, rest = divmod(n, submitters)
+
+    async def one_by_one(count: int) -> None:
+        for _ in range(count):
+            await app.submit_async(NOOP, {}, opts)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_by_one(share + (i < rest)) for i in range(submitters)))
+    return n / (time.perf_counter() - started)
 
 
 async def measure_throughput(cfg: BenchConfig, place: Place, workers: int) -> float:
@@ -585,8 +604,9 @@ async def run_session(url: str | None, cfg: BenchConfig, say: Callable[[str], No
 async def _one_run(name: str, cfg: BenchConfig, scratch: Scratch, run_no: int, fig: dict[str, Figure]) -> None:
     place = scratch.place(f"{name}-{run_no}")
     if name == "enqueue":
-        one, batched, mapped = await measure_enqueue(cfg, place)
+        one, concurrent, batched, mapped = await measure_enqueue(cfg, place)
         fig["submit_one"].runs.append(one)
+        fig["submit_concurrent"].runs.append(concurrent)
         fig["submit_batch"].runs.append(batched)
         fig["submit_map"].runs.append(mapped)
     elif name == "throughput":
