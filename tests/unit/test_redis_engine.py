@@ -20,7 +20,7 @@ from conveyor.backends import make_backend
 from conveyor.backends.base import CancelParams, ClaimParams, EnqueueParams, Outcome
 from conveyor.backends.redis_engine import RedisBackend
 from conveyor.backends.redis_rows import parse_url
-from conveyor.backends.redis_scripts import NAMES, source
+from conveyor.backends.redis_scripts import NAMES, library, source
 from conveyor.errors import BackendUnavailable, InvalidInput, TaskExists
 from conveyor.features.flow import QueueUpdate
 from conveyor.states import TRANSITIONS
@@ -165,7 +165,7 @@ async def test_concurrent_calls_share_one_pipelined_connection_and_get_their_own
     done = await asyncio.gather(*(backend.task_enqueue_many(EnqueueParams([t])) for t in tasks))
     assert [d.id for (d,) in done] == [t.id for t in tasks]
     clients = await backend.client.client_list()
-    assert sum(c["cmd"] == "evalsha" for c in clients) == 1
+    assert sum(c["cmd"] == "fcall" for c in clients) == 1
 
 
 async def test_a_cancelled_call_leaves_the_next_reply_to_its_own_caller(backend: RedisBackend) -> None:
@@ -178,13 +178,30 @@ async def test_a_cancelled_call_leaves_the_next_reply_to_its_own_caller(backend:
     assert (await backend.task_get(first.id)).id == first.id  # the server ran it all the same
 
 
-async def test_a_script_the_server_forgot_is_sent_again_whole(backend: RedisBackend) -> None:
+async def test_a_library_the_server_lost_is_loaded_again_by_the_next_call(backend: RedisBackend) -> None:
+    await backend.task_enqueue_many(EnqueueParams([new_task()]))
+    name = library()[1]["enqueue"].removesuffix("_enqueue")
+    # as after a restart without persistence (other test processes just load it again)
+    assert await backend.client.execute_command("FUNCTION", "DELETE", name)
+    t = new_task()
+    (done,) = await backend.task_enqueue_many(EnqueueParams([t]))
+    assert done.id == t.id and done.created
+    assert len((await backend.task_claim(ClaimParams("w1", 5, 30.0))).tasks) == 2
+
+
+async def test_without_functions_operations_run_as_scripts_sent_again_when_forgotten(backend: RedisBackend) -> None:
+    """Servers before Redis 7 have no Functions: each operation is a script (EVALSHA)."""
     channel = backend._channel
     assert channel is not None
+    await backend.task_enqueue_many(EnqueueParams([new_task()]))
+    channel._functions = None
     channel._sha["enqueue"] = "0" * 40  # as after a restart or SCRIPT FLUSH: NOSCRIPT
     t = new_task()
     (done,) = await backend.task_enqueue_many(EnqueueParams([t]))
     assert done.id == t.id and done.created
+    claimed = (await backend.task_claim(ClaimParams("w1", 5, 30.0))).tasks
+    assert len(claimed) == 2
+    assert await backend.task_finish_many([Outcome(c.id, c.lease_token, "complete") for c in claimed]) == [True] * 2
 
 
 async def test_a_dropped_connection_is_opened_again_by_the_next_call(backend: RedisBackend) -> None:

@@ -1,13 +1,19 @@
-"""The Redis engine's Lua scripts: one file per operation under ``lua/``, loaded by name.
+"""The Redis engine's Lua code: one file per operation under ``lua/``, run by name.
 
-Redis scripts cannot import each other, so each is sent as one text: the transition
-table generated from ``conveyor.states`` (the one table; Lua keeps no copy of its
-own), then ``lib.lua`` (keyspace and transition helpers), ``flow.lua`` (the
-flow-control gate: claims and outcomes only), then the operation's own file.
-They run with EVALSHA, sent again whole with EVAL when the server answers NOSCRIPT
-(e.g. after a restart): over the engine's ``ScriptChannel`` (one pipelined connection
-of its own, a fraction of redis-py's cost per call) on plain TCP, else through
-redis-py's ``Script`` objects (TLS).
+The helpers come first: the transition table generated from ``conveyor.states`` (the
+one table; Lua keeps no copy of its own), ``lib.lua`` (keyspace and transition
+helpers) and ``flow.lua`` (the flow-control gate). On Redis 7 and later they are
+loaded once, with every operation, as a Redis Functions library (``library()``): a
+call is an FCALL that runs only its operation, where a script would first define
+every helper again (a third of a one-task submit's time on the server). The library
+and its functions are named after a hash of the code, so processes of two Conveyor
+versions sharing a server each call their own; a server that lost the library (a
+restart without persistence, FUNCTION FLUSH) gets it again on the next call.
+
+Older servers, and redis-py's path (TLS, Unix sockets), run each operation as one
+script (``source(name)``: helpers, then the operation) with EVALSHA, sent whole with
+EVAL when the server answers NOSCRIPT. The engine's ``ScriptChannel`` is one pipelined
+connection of its own, a fraction of redis-py's cost per call.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from conveyor.states import TERMINAL, TRANSITIONS
 
@@ -51,11 +57,25 @@ def _read(name: str) -> str:
 
 @cache
 def source(name: str) -> str:
-    """The full text of script ``name``, as sent to Redis."""
+    """The full text of script ``name``, as sent to Redis with EVAL."""
     if name not in NAMES:
         raise KeyError(name)
-    parts = [_transition_table(), _read("lib"), *([_read("flow")] if name in FLOW_USERS else []), _read(name)]
-    return "\n".join(parts)
+    flow = [_read("flow")] if name in FLOW_USERS else []
+    return "\n".join([_transition_table(), _read("lib"), *flow, "init(KEYS, ARGV)", _read(name)])
+
+
+@cache
+def library() -> tuple[str, dict[str, str]]:
+    """The Redis Functions library (its text for FUNCTION LOAD) and the function name of
+    each operation. Each operation's file becomes the body of a function whose parameters
+    are named ``KEYS`` and ``ARGV``, so the same file runs as a script or a function."""
+    parts = [_transition_table(), _read("lib"), _read("flow")]
+    for name in NAMES:
+        head = f"redis.register_function('NAME_{name}', function(KEYS, ARGV)\ninit(KEYS, ARGV)"
+        parts.append(f"{head}\n{_read(name)}\nend)")
+    body = "\n".join(parts)
+    tag = "conveyor_" + hashlib.sha1(body.encode()).hexdigest()[:16]
+    return f"#!lua name={tag}\n" + body.replace("'NAME_", f"'{tag}_"), {name: f"{tag}_{name}" for name in NAMES}
 
 
 def register_all(client: Any) -> dict[str, Any]:
@@ -87,15 +107,25 @@ class ScriptChannel:
     def __init__(self, options: ChannelOptions) -> None:
         self.options = options
         self._sha = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in NAMES}
+        self._functions: dict[str, str] | None = None  # None: scripts (no Functions here)
         self._proto: _ReplyProtocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting = asyncio.Lock()
 
     async def run(self, name: str, key: str, args: Sequence[Any]) -> Any:
-        """Run script ``name`` with ``KEYS = [key]``; its reply, or the error it raised."""
+        """Run operation ``name`` with ``KEYS = [key]``; its reply, or the error it raised."""
         proto = self._proto
         if proto is None or proto.lost or self._loop is not asyncio.get_running_loop():
             proto = await self.connect()
+        functions = self._functions
+        if functions is not None:
+            try:
+                return await proto.call(("FCALL", functions[name], 1, key, *args))
+            except ResponseError as exc:
+                if not str(exc).startswith("Function not found"):
+                    raise
+            await _load_library(proto)  # the server lost it: the call did not run
+            return await proto.call(("FCALL", functions[name], 1, key, *args))
         try:
             return await proto.call(("EVALSHA", self._sha[name], 1, key, *args))
         except NoScriptError:
@@ -125,6 +155,7 @@ class ScriptChannel:
                     hello.append(proto.call(("SELECT", opt.db)))
                 for reply in hello:
                     await reply
+                self._functions = library()[1] if await _load_library(proto) else None
             except BaseException:
                 proto.close()
                 raise
@@ -167,6 +198,20 @@ class ChannelOptions:
             connect_timeout=float(kw.get("socket_connect_timeout") or 2.0),
             keepalive=keepalive,
         )
+
+
+async def _load_library(proto: _ReplyProtocol) -> bool:
+    """Load the Functions library (a no-op if the server has it); False on a server
+    without Functions (before Redis 7), whose calls then go by EVALSHA."""
+    try:
+        await proto.call(("FUNCTION", "LOAD", library()[0]))
+    except ResponseError as exc:
+        text = str(exc)
+        if text.startswith("unknown command") or "unknown subcommand" in text:
+            return False
+        if not text.startswith("Library ") or "already exists" not in text:
+            raise
+    return True
 
 
 def _keepalive(proto: _ReplyProtocol, options: Mapping[int, int]) -> None:

@@ -1,6 +1,10 @@
--- lib.lua: helpers every Conveyor script starts with (conveyor.backends.redis_scripts
--- prepends this file, and before it the generated transition table TRANS_SRC/TRANS_DST/TERMINAL
--- from conveyor.states, so Lua never keeps a second copy of the state machine).
+-- lib.lua: helpers every Conveyor operation uses (conveyor.backends.redis_scripts puts
+-- this file first, after the generated transition table TRANS_SRC/TRANS_DST/TERMINAL from
+-- conveyor.states, so Lua never keeps a second copy of the state machine). It is loaded
+-- once as a Redis Functions library, or (older servers) sent before each script.
+-- Nothing here may run a command or use a library (string, math, cjson) at load time,
+-- and every operation starts with init(KEYS, ARGV): the per-call state below is set
+-- there, never left from an earlier call.
 --
 -- Keyspace (P = KEYS[1] = "{prefix}": the hash tag puts every key of one Conveyor
 -- store in one Redis Cluster slot, so each script runs on one node):
@@ -36,12 +40,20 @@
 --                        targets (JSON), r result JSON, e error JSON
 --   P:obw         hash   workflow id -> its undelivered workflow.finished event id
 
-local P = KEYS[1]
-local now = tonumber(ARGV[1])
-local ALL, DLQ, RUN, RB, FIN = P .. ":all", P .. ":dlq", P .. ":running", P .. ":rb", P .. ":fin"
-local FLOW, QUEUES, WAKE = P .. ":flow", P .. ":queues", P .. ":wake"
-local INF = math.huge
+local P, now -- KEYS[1] and ARGV[1] of the running call
+local ALL, DLQ, RUN, RB, FIN, FLOW, QUEUES, WAKE
+local OBS, OBQ, OBN, OBW
+local woken, quiet, subscribed -- queues to wake, whether to, the outbox subscriptions
+local INF = 1 / 0
 local ACTIVE_STATES = {"waiting", "scheduled", "pending", "running", "retrying"}
+
+local function init(keys, argv)
+  P, now = keys[1], tonumber(argv[1])
+  ALL, DLQ, RUN, RB, FIN = P .. ":all", P .. ":dlq", P .. ":running", P .. ":rb", P .. ":fin"
+  FLOW, QUEUES, WAKE = P .. ":flow", P .. ":queues", P .. ":wake"
+  OBS, OBQ, OBN, OBW = P .. ":obs", P .. ":obq", P .. ":obn", P .. ":obw"
+  woken, quiet, subscribed = {}, false, nil -- subscriptions: read on first need (SMEMBERS)
+end
 
 local function num(x) return string.format("%.17g", x) end
 local function tkey(id) return P .. ":t:" .. id end
@@ -55,17 +67,14 @@ local function score(p, ra) return (10 - p) * 1e10 + ra end
 local function isnull(v) return v == nil or v == cjson.null or v == false end
 local function jstr(v) if v == nil or v == false or v == "" then return "null" end return cjson.encode(v) end
 
-local woken = {}
-local quiet = false -- claims promote due tasks without waking other workers
+-- quiet: claims promote due tasks without waking other workers
 local function wake(q) if not quiet then woken[q] = true end end
 local function publish()
   for q in pairs(woken) do redis.call("PUBLISH", WAKE, q) end
 end
 
 -- The outbox: events recorded by transition() when subscribed (SMEMBERS once per call).
-local OBS, OBQ, OBN, OBW = P .. ":obs", P .. ":obq", P .. ":obn", P .. ":obw"
 local function obkey(n) return P .. ":ob:" .. n end
-local subscribed = nil
 
 local function add_event(ev, id, t, f)
   local n = string.format("%020d", redis.call("INCR", OBN))
