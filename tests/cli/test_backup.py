@@ -4,13 +4,18 @@ exported, imported into another engine's store, and read back the same."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conveyor import Conveyor
-from conveyor.backends.base import CancelParams
+from conveyor.backends.base import CancelParams, ClaimParams, Outcome, TaskFilter
+from conveyor.cli import backup
+from conveyor.states import State
 from tests.cli.test_cli import Cli
+from tests.contract.helpers import engine_urls, format_url
+from tests.services import drop_store
 
 
 def _fill(url: str) -> list[str]:
@@ -67,3 +72,32 @@ def test_a_bad_line_stores_nothing_and_says_where(cli: Cli, tmp_path: Path, targ
     assert cli("export", "-", "--url", target_url).stdout == ""
     missing = cli("import", str(tmp_path / "nope.jsonl"), code=2)
     assert "cannot read" in missing.stderr
+
+
+@pytest.fixture(params=[engine for engine in engine_urls() if not engine.startswith("shards")])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = format_url(engine_urls()[request.param], str(tmp_path))
+    yield url
+    drop_store(url)
+
+
+async def test_an_import_in_pages_links_each_waiting_task_to_its_parent(tmp_path: Path, engine_url: str) -> None:
+    """The export lists the child before its parent; one task per page still links them
+    (PostgreSQL and Redis link a waiting task only to parents already stored)."""
+    source, target = Conveyor(f"sqlite:///{tmp_path / 's.db'}"), Conveyor(engine_url)
+    try:
+        wf = source.workflow()
+        wf.node("parent", "t.a", {})
+        wf.node("child", "t.a", {}, depends_on=["parent"])
+        await wf.submit_async()
+        exported = (await source.list_tasks_async(TaskFilter(), 10)).items
+        assert [t.state for t in exported] == [State.WAITING, State.PENDING]  # newest first
+        assert await backup._import(target, exported, page=1) == 2
+        backend = await target.backend()
+        (claimed,) = (await backend.task_claim(ClaimParams("w1", 5, 30.0))).tasks
+        assert await backend.task_finish_many([Outcome(claimed.id, claimed.lease_token, "complete")]) == [True]
+        child = next(t for t in exported if t.state is State.WAITING)
+        assert (await backend.task_get(child.id)).state is State.PENDING
+    finally:
+        await source.aclose()
+        await target.aclose()

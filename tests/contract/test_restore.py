@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from conveyor.backends.base import Backend, CancelParams, ReapParams, TaskFilter
 from conveyor.ids import new_id
 from conveyor.states import State
 
 from .helpers import all_tasks, claim, claim_one, complete, enqueue, new_task, submit, task_in_state
-
-
-@pytest.fixture(autouse=True)
-def _engine_can_restore(backend: Backend) -> None:
-    for engine in getattr(backend, "shards", [backend]):
-        if not hasattr(engine, "task_restore"):
-            pytest.skip(f"NOT YET IMPLEMENTED: task_restore on {type(engine).__name__}")
 
 
 async def _one_of_each(backend: Backend) -> None:

@@ -471,5 +471,7 @@ class OutboxStore(Protocol):
 
 
 @runtime_checkable
-class Backend(TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, OutboxStore, Lifecycle, Protocol):
+class Backend(
+    TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, RestoreStore, OutboxStore, Lifecycle, Protocol
+):
     """Everything an engine provides."""

@@ -329,6 +329,9 @@ class PostgresBackend:
     async def task_purge(self, flt: TaskFilter) -> int:
         return await self._run(admin.task_purge, flt)
 
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        return await self._run(admin.task_restore, tasks, self.channel) if tasks else 0
+
     async def queue_list(self) -> list[QueueInfo]:
         return await self._run(admin.queue_list)
 

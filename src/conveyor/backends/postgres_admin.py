@@ -5,6 +5,7 @@ favour plain SQL over cleverness."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -13,7 +14,7 @@ from psycopg.rows import dict_row
 from conveyor import states
 from conveyor.backends import postgres_flow
 from conveyor.backends.base import ListParams, TaskFilter
-from conveyor.backends.postgres_rows import task_from_row, worker_from_row, worker_params
+from conveyor.backends.postgres_rows import restore_rows, task_from_row, worker_from_row, worker_params
 from conveyor.backends.sqlfiles import load_queries
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, open_breakers
@@ -24,6 +25,7 @@ from conveyor.states import State
 Q = load_queries("postgres")
 Conn = AsyncConnection[Any]
 _FAILED = states.target("fail").value
+_RUNNABLE = states.sources("claim") | states.sources("due")  # restored there: wake workers
 
 
 def _filter_args(flt: TaskFilter) -> dict[str, Any]:
@@ -84,6 +86,24 @@ async def task_purge(conn: Conn, flt: TaskFilter) -> int:
         cur = await conn.execute(Q["purge"], _filter_args(flt))
         row = await cur.fetchone()
     return 0 if row is None else int(row[0])
+
+
+async def task_restore(conn: Conn, tasks: Sequence[Task], channel: str) -> int:
+    """Exported tasks as they were, in one durable transaction: one INSERT (which the
+    counts trigger counts and the outbox trigger, on updates only, ignores), then the
+    dependency links of the waiting ones, and a wake-up for queues that gained work."""
+    async with conn.transaction():
+        cur = conn.cursor()
+        await cur.execute(Q["make_durable"], {"durable": "on"})
+        await cur.execute(Q["restore_tasks"], {"rows": restore_rows(tasks)})
+        added = await cur.fetchall()
+        waiting = [task_id for task_id, _, state in added if state == State.WAITING.value]
+        if waiting:
+            await cur.execute(Q["restore_links"], {"ids": waiting})
+        queues = sorted({queue for _, queue, state in added if State(state) in _RUNNABLE})
+        if queues:
+            await cur.execute(Q["notify_queues"], {"queues": queues, "channel": channel})
+    return len(added)
 
 
 async def queue_list(conn: Conn) -> list[QueueInfo]:

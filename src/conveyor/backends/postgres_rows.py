@@ -11,6 +11,7 @@ by psycopg; ``retry`` is text, so equal policies share one parsed instance.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from conveyor.backends.base import Lease, Outcome
@@ -22,7 +23,7 @@ from conveyor.backends.codec import (
     task_from_decoded,
     worker_from_decoded,
 )
-from conveyor.models import ClaimedTask, NewTask, WorkerInfo
+from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo
 from conveyor.states import State
 
 
@@ -151,6 +152,50 @@ def claimed_from_row(row: Sequence[Any], expires: float) -> ClaimedTask:
         labels=row[11],
         workflow_id=row[13],
         headers=row[14] or {},
+    )
+
+
+def restore_rows(tasks: Sequence[Task]) -> str:
+    """The ``restore_tasks`` batch: exported tasks, every field as it was (times as
+    epoch seconds, as stored), except the lease token, which no worker holds."""
+
+    def epoch(value: datetime | None) -> float | None:
+        return None if value is None else value.timestamp()
+
+    return dump(
+        [
+            {
+                "id": t.id,
+                "name": t.name,
+                "args": t.args,
+                "queue": t.queue,
+                "priority": t.priority,
+                "state": t.state.value,
+                "labels": t.labels,
+                "requires": t.requires,
+                "run_at": t.run_at.timestamp(),
+                "depends_on": t.depends_on,
+                "idempotency_key": t.idempotency_key,
+                "max_retries": t.max_retries,
+                "timeout": t.timeout,
+                "retry": dump_policy(t.retry),
+                "attempts": t.attempts,
+                "result": t.result,
+                "error": None if t.error is None else t.error.model_dump(mode="json"),
+                "failure_reason": None if t.failure_reason is None else t.failure_reason.value,
+                "worker_id": t.worker_id,
+                "lease_expires_at": epoch(t.lease_expires_at),
+                "created_at": t.created_at.timestamp(),
+                "started_at": epoch(t.started_at),
+                "finished_at": epoch(t.finished_at),
+                "updated_at": t.updated_at.timestamp(),
+                "history": [e.model_dump(mode="json") | {"at": e.at.timestamp()} for e in t.history],
+                "workflow_id": t.workflow_id,
+                "workflow_key": t.workflow_key,
+                "headers": t.headers or None,
+            }
+            for t in tasks
+        ]
     )
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import WatchError
 
 from conveyor.backends.base import Enqueued, EnqueueParams, ListParams, TaskFilter
-from conveyor.backends.redis_rows import task_from, worker_from
+from conveyor.backends.redis_rows import restore_args, task_from, worker_from
 from conveyor.errors import TaskNotFound
 from conveyor.features.flow import FlowControl, QueueUpdate, apply_update, open_breakers
 from conveyor.models import FINISHED_WINDOW, Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
@@ -126,6 +127,15 @@ async def enqueued_again(b: RedisBackend, params: EnqueueParams) -> list[Enqueue
             state = await b.guarded(lambda tid=task_id: b.client.hget(b.key("t", tid), "s"))  # type: ignore[misc]
         out.append(Enqueued(id=task_id, state=State(state), created=created))
     return out
+
+
+async def task_restore(b: RedisBackend, tasks: Sequence[Task]) -> int:
+    """Exported tasks as they were, by ``restore.lua`` in one atomic step. Safe to
+    repeat after a lost reply: tasks already stored are skipped."""
+    args: list[Any] = [repr(time.time())]
+    for t in tasks:
+        args += restore_args(t)
+    return int(await b.run("restore", args))
 
 
 async def task_ahead(b: RedisBackend, task_id: str) -> int:

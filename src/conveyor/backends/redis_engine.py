@@ -369,6 +369,9 @@ class RedisBackend:
         ids = await admin.failed_ids(self, flt)
         return int(await self.run("purge", [repr(time.time()), *ids])) if ids else 0
 
+    async def task_restore(self, tasks: Sequence[Task]) -> int:
+        return await admin.task_restore(self, tasks) if tasks else 0
+
     async def queue_list(self) -> list[QueueInfo]:
         return await admin.queue_list(self)
 

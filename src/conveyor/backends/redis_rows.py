@@ -89,6 +89,47 @@ def enqueue_args(t: NewTask) -> list[str | int | float]:
     ]
 
 
+def restore_args(t: Task) -> list[str]:
+    """One task's ARGV slice for ``restore.lua``: id, its hash as [field, value, ...]
+    JSON (what ``task_from`` reads back; no lease token), its history entries' texts.
+    Numbers go as ``repr`` text, so they are stored exactly and cjson never rounds them."""
+    static: dict[str, Any] = {
+        "args": t.args,
+        "labels": t.labels,
+        "requires": t.requires,
+        "timeout": t.timeout,
+        "retry": dump_policy(t.retry),
+        "workflow_key": t.workflow_key,
+    }
+    if t.headers:
+        static["headers"] = t.headers
+    fields: dict[str, str | None] = {
+        "s": t.state.value,
+        "n": t.name,
+        "q": t.queue,
+        "p": str(t.priority),
+        "ra": repr(t.run_at.timestamp()),
+        "ca": repr(t.created_at.timestamp()),
+        "ua": repr(t.updated_at.timestamp()),
+        "a": str(t.attempts),
+        "mr": str(t.max_retries),
+        "d": dump(static),
+        "rq": dump_list(t.requires) if t.requires else None,
+        "dp": dump(t.depends_on) if t.depends_on else None,
+        "ik": t.idempotency_key,
+        "wf": t.workflow_id,
+        "w": t.worker_id,
+        "le": None if t.lease_expires_at is None else repr(t.lease_expires_at.timestamp()),
+        "sa": None if t.started_at is None else repr(t.started_at.timestamp()),
+        "fa": None if t.finished_at is None else repr(t.finished_at.timestamp()),
+        "r": None if t.result is None else dump(t.result),
+        "e": None if t.error is None else t.error.model_dump_json(),
+        "fr": None if t.failure_reason is None else t.failure_reason.value,
+    }
+    history = [dump([e.at.timestamp(), e.state.value, e.transition, e.worker_id, e.reason]) for e in t.history]
+    return [t.id, dump([x for kv in fields.items() if kv[1] is not None for x in kv]), dump(history)]
+
+
 def beat_record(state: WorkerState, active: int, processed: int, at: float) -> str:
     return dump([state.value, active, processed, at])
 

@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from conveyor.states import TERMINAL, TRANSITIONS
 
-NAMES = ("enqueue", "claim", "finish", "release", "reap", "cancel", "heartbeat", "replay", "purge", "outbox")
+NAMES = ("enqueue", "claim", "finish", "release", "reap", "cancel", "heartbeat", "replay", "purge", "outbox", "restore")
 FLOW_USERS = frozenset({"claim", "finish"})  # the rest skip defining the gate on every call
 
 

@@ -58,7 +58,6 @@ from conveyor.backends.base import (
     Outcome,
     ReapParams,
     ReleaseParams,
-    RestoreStore,
     TaskFilter,
     WaitParams,
     check_events,
@@ -537,10 +536,7 @@ class ShardedBackend:
         parts: dict[int, list[Task]] = {}
         for task in tasks:
             parts.setdefault(placed[task.id], []).append(task)
-        stores = [shard for shard in self.shards if isinstance(shard, RestoreStore)]
-        if len(stores) < len(self.shards):
-            raise InvalidInput("an engine of this ring cannot restore tasks yet (docs/cli.md, conveyor import)")
-        counts = await asyncio.gather(*(stores[i].task_restore(part) for i, part in parts.items()))
+        counts = await asyncio.gather(*(self.shards[i].task_restore(part) for i, part in parts.items()))
         for i, part in parts.items():
             for task in part:
                 self._remember(task.id, i)

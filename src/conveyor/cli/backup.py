@@ -18,7 +18,7 @@ import typer
 from pydantic import ValidationError
 
 from conveyor.app import Conveyor, describe_validation
-from conveyor.backends.base import RestoreStore, TaskFilter
+from conveyor.backends.base import TaskFilter
 from conveyor.cli.common import JsonOpt, UrlOpt, connect, err, parse_queue, parse_state, print_json
 from conveyor.errors import InvalidInput
 from conveyor.models import Task
@@ -100,16 +100,15 @@ def _read(file: Path) -> list[Task]:
     return tasks
 
 
-async def _import(app: Conveyor, tasks: list[Task]) -> int:
+async def _import(app: Conveyor, tasks: list[Task], page: int = PAGE) -> int:
+    """Restore oldest first: a task's parents are older than it, so each page finds
+    them stored (an export lists newest first) and links a waiting task to them."""
+    ordered = sorted(tasks, key=lambda t: (t.created_at, t.id))
     try:
         backend = await app.backend()
-        if not isinstance(backend, RestoreStore):
-            raise InvalidInput(
-                f"the {type(backend).__name__} engine cannot import yet: use memory, sqlite or a ring of them"
-            )
         stored = 0
-        for start in range(0, len(tasks), PAGE):
-            stored += await backend.task_restore(tasks[start : start + PAGE])
+        for start in range(0, len(ordered), page):
+            stored += await backend.task_restore(ordered[start : start + page])
         return stored
     finally:
         await app.aclose()

@@ -636,3 +636,49 @@ SELECT (SELECT min(x.run_at) FROM unnest(%(queues)s::text[]) AS q(name)
 SELECT (SELECT run_at FROM tasks WHERE state {from:due} ORDER BY run_at LIMIT 1),
        EXISTS (SELECT 1 FROM tasks WHERE state {from:claim})
        AND NOT EXISTS (SELECT 1 FROM flow_controls);
+
+-- name: restore_tasks
+-- task_restore: exported tasks exactly as they were (postgres_rows.restore_rows), with
+-- no lease token; a stored id or idempotency key skips the task (ON CONFLICT with no
+-- target covers both). An INSERT: counted by 0004's trigger, never seen by the outbox's.
+INSERT INTO tasks (
+    id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+    idempotency_key, max_retries, timeout, retry, attempts, result, error, failure_reason,
+    worker_id, lease_expires_at, created_at, started_at, finished_at, updated_at, history,
+    workflow_id, workflow_key, headers
+)
+SELECT id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+       idempotency_key, max_retries, timeout, retry, attempts, result, error, failure_reason,
+       worker_id, lease_expires_at, created_at, started_at, finished_at, updated_at, history,
+       workflow_id, workflow_key, headers
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(
+    id text, name text, args jsonb, queue text, priority integer, state text, labels jsonb,
+    requires jsonb, run_at float8, depends_on jsonb, idempotency_key text, max_retries integer,
+    timeout float8, retry text, attempts integer, result jsonb, error jsonb, failure_reason text,
+    worker_id text, lease_expires_at float8, created_at float8, started_at float8,
+    finished_at float8, updated_at float8, history jsonb, workflow_id text, workflow_key text,
+    headers jsonb)
+ON CONFLICT DO NOTHING
+RETURNING id, queue, state;
+
+-- name: restore_links
+-- Link the restored waiting tasks in %(ids)s to their stored, unfinished parents and
+-- flag those, as a submit does. The parents are locked first, in id order (as
+-- mark_parents): a parent whose outcome was being written is read as it committed,
+-- so no child is linked to a parent that has just finished.
+WITH parents AS MATERIALIZED (
+    SELECT id FROM tasks
+    WHERE id IN (SELECT jsonb_array_elements_text(depends_on) FROM tasks WHERE id = ANY(%(ids)s::text[]))
+      AND NOT state {from:terminal}
+    ORDER BY id
+    FOR NO KEY UPDATE
+), links AS (
+    INSERT INTO task_deps (depends_on, task_id)
+    SELECT DISTINCT p.id, c.id
+    FROM tasks AS c CROSS JOIN LATERAL jsonb_array_elements_text(c.depends_on) AS d(parent)
+    JOIN parents AS p ON p.id = d.parent
+    WHERE c.id = ANY(%(ids)s::text[])
+    ON CONFLICT DO NOTHING
+)
+UPDATE tasks SET has_dependents = true
+WHERE id IN (SELECT id FROM parents) AND NOT has_dependents;
