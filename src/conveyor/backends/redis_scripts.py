@@ -5,7 +5,7 @@ one table; Lua keeps no copy of its own), ``lib.lua`` (keyspace and transition
 helpers) and ``flow.lua`` (the flow-control gate). On Redis 7 and later they are
 loaded once, with every operation, as a Redis Functions library (``library()``): a
 call is an FCALL that runs only its operation, where a script would first define
-every helper again (a third of a one-task submit's time on the server). The library
+every helper again (10-20 µs, a large share of a one-task submit's server time). The library
 and its functions are named after a hash of the code, so processes of two Conveyor
 versions sharing a server each call their own; a server that lost the library (a
 restart without persistence, FUNCTION FLUSH) gets it again on the next call.
