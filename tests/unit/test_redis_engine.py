@@ -23,7 +23,7 @@ from conveyor.backends.redis_rows import parse_url
 from conveyor.backends.redis_scripts import NAMES, library, source
 from conveyor.errors import BackendUnavailable, InvalidInput, TaskExists
 from conveyor.features.flow import QueueUpdate
-from conveyor.states import TRANSITIONS
+from conveyor.states import TRANSITIONS, State
 from tests import services
 from tests.contract.helpers import new_task
 
@@ -208,6 +208,22 @@ async def test_without_functions_operations_run_as_scripts_sent_again_when_forgo
     claimed = (await backend.task_claim(ClaimParams("w1", 5, 30.0))).tasks
     assert len(claimed) == 2
     assert await backend.task_finish_many([Outcome(c.id, c.lease_token, "complete") for c in claimed]) == [True] * 2
+
+
+async def test_without_the_channel_operations_run_through_redis_py_scripts(backend: RedisBackend) -> None:
+    """``rediss://`` and Unix sockets have no script channel: redis-py's Script objects
+    run every operation (EVALSHA, loaded again on NOSCRIPT)."""
+    channel, backend._channel = backend._channel, None
+    assert channel is not None
+    channel.close()
+    await backend.client.script_flush()
+    parent, child = new_task(), new_task()
+    child.depends_on = [parent.id]
+    await backend.task_enqueue_many(EnqueueParams([parent, child]))
+    (claimed,) = (await backend.task_claim(ClaimParams("w1", 5, 30.0))).tasks
+    assert claimed.id == parent.id
+    assert await backend.task_finish_many([Outcome(claimed.id, claimed.lease_token, "complete")]) == [True]
+    assert (await backend.task_get(child.id)).state is State.PENDING
 
 
 async def test_a_dropped_connection_is_opened_again_by_the_next_call(backend: RedisBackend) -> None:
