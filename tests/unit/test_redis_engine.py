@@ -210,6 +210,28 @@ async def test_without_functions_operations_run_as_scripts_sent_again_when_forgo
     assert await backend.task_finish_many([Outcome(c.id, c.lease_token, "complete") for c in claimed]) == [True] * 2
 
 
+async def test_a_user_not_allowed_to_load_functions_runs_scripts(backend: RedisBackend) -> None:
+    """An ACL that denies FUNCTION (but allows EVALSHA) still works, by scripts."""
+    user = f"conveyor-test-{uuid.uuid4().hex[:8]}"
+    await backend.client.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-function", "-fcall"]
+    )
+    url = f"redis://{user}:any@127.0.0.1:6379/0?prefix=u{uuid.uuid4().hex[:12]}"
+    limited = make_backend(url)
+    assert isinstance(limited, RedisBackend)
+    try:
+        await limited.open()
+        assert limited._channel is not None and limited._channel._functions is None
+        t = new_task()
+        await limited.task_enqueue_many(EnqueueParams([t]))
+        (claimed,) = (await limited.task_claim(ClaimParams("w1", 5, 30.0))).tasks
+        assert claimed.id == t.id
+    finally:
+        await limited.close()
+        await backend.client.acl_deluser(user)
+        services.drop_store(url)
+
+
 async def test_without_the_channel_operations_run_through_redis_py_scripts(backend: RedisBackend) -> None:
     """``rediss://`` and Unix sockets have no script channel: redis-py's Script objects
     run every operation (EVALSHA, loaded again on NOSCRIPT)."""

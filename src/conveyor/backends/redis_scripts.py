@@ -32,7 +32,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from conveyor.states import TERMINAL, TRANSITIONS
 
@@ -202,9 +202,12 @@ class ChannelOptions:
 
 async def _load_library(proto: _ReplyProtocol) -> bool:
     """Load the Functions library (a no-op if the server has it); False on a server
-    without Functions (before Redis 7), whose calls then go by EVALSHA."""
+    without Functions (before Redis 7), or for a user whose ACL does not allow loading
+    one, whose calls then go by EVALSHA."""
     try:
         await proto.call(("FUNCTION", "LOAD", library()[0]))
+    except NoPermissionError:
+        return False
     except ResponseError as exc:
         text = str(exc)
         if text.startswith("unknown command") or "unknown subcommand" in text:
