@@ -60,8 +60,8 @@ def parse_url(url: str) -> RedisUrl:
 # --- writing -------------------------------------------------------------------------
 
 
-def enqueue_args(t: NewTask) -> list[str | int | float]:
-    """One task's ARGV slice for ``enqueue.lua`` (its header lists the order)."""
+def _static(t: NewTask | Task) -> str:
+    """The ``d`` field: what never changes after the submit, as one JSON text."""
     static = {
         "args": t.args,
         "labels": t.labels,
@@ -72,6 +72,11 @@ def enqueue_args(t: NewTask) -> list[str | int | float]:
     }
     if t.headers:  # most tasks have none: their static JSON stays as it was
         static["headers"] = t.headers
+    return dump(static)
+
+
+def enqueue_args(t: NewTask) -> list[str | int | float]:
+    """One task's ARGV slice for ``enqueue.lua`` (its header lists the order)."""
     return [
         t.id,
         t.name,
@@ -84,7 +89,7 @@ def enqueue_args(t: NewTask) -> list[str | int | float]:
         t.max_retries,
         dump_list(t.requires) if t.requires else "",
         dump(list(dict.fromkeys(t.depends_on))) if t.depends_on else "",
-        dump(static),
+        _static(t),
         t.workflow_id or "",
     ]
 
@@ -93,16 +98,6 @@ def restore_args(t: Task) -> list[str]:
     """One task's ARGV slice for ``restore.lua``: id, its hash as [field, value, ...]
     JSON (what ``task_from`` reads back; no lease token), its history entries' texts.
     Numbers go as ``repr`` text, so they are stored exactly and cjson never rounds them."""
-    static: dict[str, Any] = {
-        "args": t.args,
-        "labels": t.labels,
-        "requires": t.requires,
-        "timeout": t.timeout,
-        "retry": dump_policy(t.retry),
-        "workflow_key": t.workflow_key,
-    }
-    if t.headers:
-        static["headers"] = t.headers
     fields: dict[str, str | None] = {
         "s": t.state.value,
         "n": t.name,
@@ -113,7 +108,7 @@ def restore_args(t: Task) -> list[str]:
         "ua": repr(t.updated_at.timestamp()),
         "a": str(t.attempts),
         "mr": str(t.max_retries),
-        "d": dump(static),
+        "d": _static(t),
         "rq": dump_list(t.requires) if t.requires else None,
         "dp": dump(t.depends_on) if t.depends_on else None,
         "ik": t.idempotency_key,

@@ -153,12 +153,7 @@ for _, i in ipairs(planned) do
     elseif next(open) == nil then
       transition(id, t, "deps_succeeded")
     else
-      local n = 0
-      for dep in pairs(open) do
-        redis.call("SADD", depkey(dep), id)
-        n = n + 1
-      end
-      redis.call("HSET", tkey(id), "wd", n)
+      link(id, open)
     end
   end
 end

@@ -186,6 +186,17 @@ local function transition(id, t, name, worker, reason, sets, dels)
   return true
 end
 
+-- Waiting task `id` waits for the parents in the set `open`: listed in each one's
+-- dependents, and counted in its wd (settle() counts down).
+local function link(id, open)
+  local n = 0
+  for dep in pairs(open) do
+    redis.call("SADD", depkey(dep), id)
+    n = n + 1
+  end
+  redis.call("HSET", tkey(id), "wd", n)
+end
+
 -- Forget a waiting task in its parents' dependent sets (it left `waiting` another way).
 local function unlink(id, t)
   if t.dp and t.dp ~= "" then

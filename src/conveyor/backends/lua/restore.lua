@@ -49,12 +49,7 @@ for _, w in ipairs(waiting) do
     local s = redis.call("HGET", tkey(dep), "s")
     if s and not TERMINAL[s] then open[dep] = true end
   end
-  local n = 0
-  for dep in pairs(open) do
-    redis.call("SADD", depkey(dep), id)
-    n = n + 1
-  end
-  redis.call("HSET", tkey(id), "wd", n)
+  link(id, open)
 end
 publish()
 return stored
