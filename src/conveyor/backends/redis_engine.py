@@ -82,6 +82,7 @@ T = TypeVar("T")
 RETRY_DELAYS = (0.05, 0.15, 0.3)  # seconds between attempts when the connection fails
 CLAIM_STRIDE = 11
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
+_STATES = {s.value: s for s in State}  # a dict read: cheaper than State(value) per task
 #: error replies meaning "the server cannot take this now", not "this is wrong": out of
 #: memory (noeviction), a replica after failover, a failed disk, a busy script, loading
 _REFUSED = (OutOfMemoryError, ReadOnlyError, MasterDownError, ClusterDownError, TryAgainError)
@@ -225,7 +226,11 @@ class RedisBackend:
     async def task_enqueue_many(self, params: EnqueueParams) -> list[Enqueued]:
         if not params.tasks:
             return []
-        args: list[Any] = [repr(time.time()), len(params.tasks), dump(params.max_length) if params.max_length else ""]
+        # only the bounds of this batch's queues: a batch of unbounded queues sends none
+        # (and a single plain task then takes enqueue.lua's short path)
+        limits = params.max_length
+        bounds = limits and {t.queue: limits[t.queue] for t in params.tasks if t.queue in limits}
+        args: list[Any] = [repr(time.time()), len(params.tasks), dump(bounds) if bounds else ""]
         try:
             for t in params.tasks:
                 args += enqueue_args(t)
@@ -246,10 +251,7 @@ class RedisBackend:
             if reply[1] == "exists" and lost_reply and reply[2] in {t.id for t in params.tasks}:
                 return await admin.enqueued_again(self, params)  # our own first attempt landed
             self._enqueue_error(reply)
-        return [
-            Enqueued(id=reply[i], state=State(reply[i + 1]), created=bool(int(reply[i + 2])))
-            for i in range(1, len(reply), 3)
-        ]
+        return [Enqueued(reply[i], _STATES[reply[i + 1]], int(reply[i + 2]) == 1) for i in range(1, len(reply), 3)]
 
     @staticmethod
     def _enqueue_error(reply: list[Any]) -> None:

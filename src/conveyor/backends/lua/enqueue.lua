@@ -11,8 +11,39 @@
 -- state, one PUBLISH per queue woken; SADD to P:queues only when a queue's counter for
 -- that state was zero (a queue with a counted task is already listed: nothing removes
 -- names from P:queues). Idempotency keys, dependencies and max_length add their reads.
+-- One plain task (no key, dependency, workflow or bound: a typical one-by-one submit)
+-- takes a short path with the same writes, without the batch bookkeeping (a third
+-- of this script's time for one task).
 local count, bounds, S = tonumber(ARGV[2]), {}, 13
 local CHUNK = 500 -- keys or members per variadic call (unpack's stack is limited)
+
+-- The hash and first history entry of the task whose ARGV slice starts after `o`.
+local function write_task(o, extra)
+  local id, state = ARGV[o + 1], ARGV[o + 7]
+  redis.call("HSET", tkey(id), "s", state, "n", ARGV[o + 2], "q", ARGV[o + 3], "p", ARGV[o + 4], "ra", ARGV[o + 5],
+    "ca", ARGV[o + 6], "ua", ARGV[o + 6], "a", 0, "mr", ARGV[o + 9], "d", ARGV[o + 12], unpack(extra))
+  local at_now = now
+  now = tonumber(ARGV[o + 6])
+  history(id, state, "enqueue")
+  now = at_now
+end
+
+if count == 1 and ARGV[3] == "" and ARGV[11] == "" and ARGV[14] == "" and ARGV[16] == ""
+   and (ARGV[10] == "pending" or ARGV[10] == "scheduled") then
+  local id, q, state = ARGV[4], ARGV[6], ARGV[10]
+  if redis.call("EXISTS", tkey(id)) == 1 then return {"err", "exists", id} end
+  write_task(3, ARGV[13] ~= "" and {"rq", ARGV[13]} or {})
+  redis.call("ZADD", ALL, 0, id)
+  if redis.call("HINCRBY", ckey(q), state, 1) == 1 then redis.call("SADD", QUEUES, q) end
+  if state == "pending" then
+    redis.call("ZADD", rkey(q), num(score(tonumber(ARGV[7]), tonumber(ARGV[8]))), id)
+  else
+    redis.call("ZADD", dkey(q), num(tonumber(ARGV[8])), id)
+  end
+  wake(q)
+  publish()
+  return {"ok", id, state, 1}
+end
 if ARGV[3] ~= "" then bounds = cjson.decode(ARGV[3]) end
 
 -- Sorted-set members and counters are gathered, then written once per key (`flush`).
@@ -43,12 +74,7 @@ local function place(i, dp)
     extra[#extra + 1] = "wf"; extra[#extra + 1] = wf
     zadd_later(P .. ":wf:" .. wf, 0, id)
   end
-  redis.call("HSET", tkey(id), "s", state, "n", ARGV[o + 2], "q", q, "p", ARGV[o + 4], "ra", ARGV[o + 5],
-    "ca", ARGV[o + 6], "ua", ARGV[o + 6], "a", 0, "mr", ARGV[o + 9], "d", ARGV[o + 12], unpack(extra))
-  local at_now = now
-  now = tonumber(ARGV[o + 6])
-  history(id, state, "enqueue")
-  now = at_now
+  write_task(o, extra)
   zadd_later(ALL, 0, id)
   local by_state = counts[q]
   if not by_state then
