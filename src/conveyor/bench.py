@@ -141,8 +141,25 @@ class Figure:
         }
 
 
-def new_figures(workers: int = 2) -> dict[str, Figure]:
-    """Every figure the bench reports, with the targets of a 2-core machine."""
+#: Where an engine's targets differ from SQLite's (those in ``new_figures``): the
+#: PostgreSQL and Redis issue's floors; ``None`` drops a target the engine has none for.
+ENGINE_TARGETS: dict[str, dict[str, float | None]] = {
+    "postgresql": {"submit_one": 3_000, "submit_map": None, "throughput_2": 5_400, "latency_p50": 3, "latency_p99": 15},
+    "redis": {
+        "submit_one": 7_000,
+        "submit_batch": None,
+        "submit_map": None,
+        "throughput_2": 5_000,
+        "latency_p50": 2,
+        "latency_p99": 10,
+    },
+}
+ENGINE_TARGETS["postgres"] = ENGINE_TARGETS["postgresql"]
+ENGINE_TARGETS["rediss"] = ENGINE_TARGETS["redis"]
+
+
+def new_figures(workers: int = 2, engine: str = "sqlite") -> dict[str, Figure]:
+    """Every figure the bench reports, with the targets of a 2-core machine for ``engine``."""
     figures = [
         Figure("submit_one", "submit, one at a time", "submits/s", 5_000),
         Figure("submit_concurrent", "submit, one per call, many callers", "submits/s"),
@@ -165,7 +182,11 @@ def new_figures(workers: int = 2) -> dict[str, Figure]:
         Figure("rss_end", "worker RSS at the end", "MiB"),
         Figure("rss_growth", "worker RSS growth", "%", 10, higher_is_better=False),
     ]
-    return {f.key: f for f in figures}
+    found = {f.key: f for f in figures}
+    for key, target in ENGINE_TARGETS.get(engine, {}).items():
+        if key in found:
+            found[key].target = target
+    return found
 
 
 @dataclass
@@ -580,7 +601,7 @@ async def measure_memory(cfg: BenchConfig, place: Place) -> tuple[float, float]:
 async def run_session(url: str | None, cfg: BenchConfig, say: Callable[[str], None]) -> Report:
     """Run the chosen measurements ``cfg.runs`` times each; figures hold every run."""
     scratch = Scratch(url)
-    report = Report(new_figures(cfg.workers), _meta(scratch, cfg))
+    report = Report(new_figures(cfg.workers, scratch.engine), _meta(scratch, cfg))
     only = set(cfg.only)
     if scratch.engine == "memory" and only - {"enqueue"}:
         report.notes.append("memory:// lives in one process: only 'enqueue' can run on it")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.bench import MEASUREMENTS, BenchConfig, percentile, run_bench, run_cli
+from conveyor.bench import MEASUREMENTS, BenchConfig, new_figures, percentile, run_bench, run_cli
 
 
 def test_quick_bench_on_a_sqlite_file_reports_every_figure_positive(tmp_path: Path) -> None:
@@ -68,3 +68,12 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([3.0], 99) == 3.0
+
+
+def test_each_engine_is_checked_against_its_own_targets() -> None:
+    sqlite, pg, redis = (new_figures(2, engine) for engine in ("sqlite", "postgresql", "redis"))
+    assert (sqlite["submit_one"].target, pg["submit_one"].target, redis["submit_one"].target) == (5_000, 3_000, 7_000)
+    assert (pg["throughput_2"].target, redis["throughput_2"].target) == (5_400, 5_000)
+    assert (pg["latency_p99"].target, redis["latency_p50"].target) == (15, 2)
+    assert redis["submit_batch"].target is None and pg["submit_batch"].target == 50_000
+    assert new_figures(2, "postgres")["submit_one"].target == 3_000
