@@ -72,6 +72,8 @@ def test_a_bad_line_stores_nothing_and_says_where(cli: Cli, tmp_path: Path, targ
     assert cli("export", "-", "--url", target_url).stdout == ""
     missing = cli("import", str(tmp_path / "nope.jsonl"), code=2)
     assert "cannot read" in missing.stderr
+    unwritable = cli("export", str(tmp_path / "no-such-dir" / "out.jsonl"), code=2)
+    assert "cannot write" in unwritable.stderr
 
 
 @pytest.fixture(params=[engine for engine in engine_urls() if not engine.startswith("shards")])

@@ -71,6 +71,7 @@ from conveyor.models import (
     TaskError,
     WorkerInfo,
     WorkerState,
+    to_ts,
 )
 from conveyor.priority import Band, band_of
 from conveyor.retry import RetryPolicy
@@ -174,9 +175,9 @@ class _Row:
             error=None if t.error is None else t.error.model_copy(),
             failure_reason=t.failure_reason,
             worker_id=t.worker_id,
-            lease_expires_at=None if t.lease_expires_at is None else t.lease_expires_at.timestamp(),
-            started_at=None if t.started_at is None else t.started_at.timestamp(),
-            finished_at=None if t.finished_at is None else t.finished_at.timestamp(),
+            lease_expires_at=to_ts(t.lease_expires_at),
+            started_at=to_ts(t.started_at),
+            finished_at=to_ts(t.finished_at),
             history=[entry.model_copy() for entry in t.history],
             workflow_id=t.workflow_id,
             workflow_key=t.workflow_key,

@@ -11,7 +11,6 @@ by psycopg; ``retry`` is text, so equal policies share one parsed instance.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from conveyor.backends.base import Lease, Outcome
@@ -23,7 +22,7 @@ from conveyor.backends.codec import (
     task_from_decoded,
     worker_from_decoded,
 )
-from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo
+from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo, to_ts
 from conveyor.states import State
 
 
@@ -159,9 +158,6 @@ def restore_rows(tasks: Sequence[Task]) -> str:
     """The ``restore_tasks`` batch: exported tasks, every field as it was (times as
     epoch seconds, as stored), except the lease token, which no worker holds."""
 
-    def epoch(value: datetime | None) -> float | None:
-        return None if value is None else value.timestamp()
-
     return dump(
         [
             {
@@ -184,10 +180,10 @@ def restore_rows(tasks: Sequence[Task]) -> str:
                 "error": None if t.error is None else t.error.model_dump(mode="json"),
                 "failure_reason": None if t.failure_reason is None else t.failure_reason.value,
                 "worker_id": t.worker_id,
-                "lease_expires_at": epoch(t.lease_expires_at),
+                "lease_expires_at": to_ts(t.lease_expires_at),
                 "created_at": t.created_at.timestamp(),
-                "started_at": epoch(t.started_at),
-                "finished_at": epoch(t.finished_at),
+                "started_at": to_ts(t.started_at),
+                "finished_at": to_ts(t.finished_at),
                 "updated_at": t.updated_at.timestamp(),
                 "history": [e.model_dump(mode="json") | {"at": e.at.timestamp()} for e in t.history],
                 "workflow_id": t.workflow_id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
 from typing import Any
 
 from conveyor.backends.base import Outcome
@@ -22,7 +21,7 @@ from conveyor.backends.codec import (
     task_from_decoded,
     worker_from_decoded,
 )
-from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo
+from conveyor.models import ClaimedTask, NewTask, Task, WorkerInfo, to_ts
 from conveyor.states import State
 
 _decode = json.loads
@@ -84,9 +83,6 @@ def insert_row(task: NewTask, state: State, depends_on: list[str] | None = None)
 def restore_row(t: Task) -> tuple[Any, ...]:
     """Positional parameters of ``restore_task``: an exported task, every field as it was."""
 
-    def epoch(value: datetime | None) -> float | None:
-        return None if value is None else value.timestamp()
-
     history = [
         {"at": e.at.timestamp(), "state": e.state.value, "transition": e.transition,
          "worker_id": e.worker_id, "reason": e.reason}
@@ -112,10 +108,10 @@ def restore_row(t: Task) -> tuple[Any, ...]:
         None if t.error is None else t.error.model_dump_json(),
         None if t.failure_reason is None else t.failure_reason.value,
         t.worker_id,
-        epoch(t.lease_expires_at),
+        to_ts(t.lease_expires_at),
         t.created_at.timestamp(),
-        epoch(t.started_at),
-        epoch(t.finished_at),
+        to_ts(t.started_at),
+        to_ts(t.finished_at),
         t.updated_at.timestamp(),
         dump(history),
         t.workflow_id,

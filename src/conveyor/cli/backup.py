@@ -48,7 +48,11 @@ def export_tasks(
         if str(file) == "-":
             count = asyncio.run(_export(app, flt, sys.stdout.write))
         else:
-            with file.open("w", encoding="utf-8") as handle:
+            try:
+                handle = file.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"cannot write {file}: {exc.strerror or exc}") from exc
+            with handle:
                 count = asyncio.run(_export(app, flt, handle.write))
     if as_json:
         print_json({"exported": count})
