@@ -102,12 +102,12 @@ async def test_claims_read_the_ready_index_only_even_with_stale_statistics(open_
         await backend.task_enqueue_many(EnqueueParams([new_task(priority=2) for _ in range(1000)]))
     async with backend._pool.connection() as conn:
         now = time.time()
-        args = {"now": now, "expires": now + 30, "worker_id": "w", "tags": "[]", "queues": ["default"]}
+        args = {"now": now, "expires": now + 30, "worker_id": "w", "tags": "[]", "q0": "default"}
         for analyzed in (False, True):
             if analyzed:
                 await conn.execute("ANALYZE tasks")
             for query in ("claim_queues", "claim_all"):
-                cur = await conn.execute(sql.SQL("EXPLAIN ") + claim_sql(query, 10), args)
+                cur = await conn.execute(sql.SQL("EXPLAIN ") + claim_sql(query, 10, 1), args)
                 plan = "\n".join(row[0] for row in await cur.fetchall())
                 assert "Index Scan using tasks_ready on tasks" in plan, plan
                 assert "Seq Scan on tasks" not in plan and "Bitmap Heap Scan on tasks t" not in plan, plan

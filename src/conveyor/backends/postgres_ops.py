@@ -71,18 +71,20 @@ if _COUNTED != states.ACTIVE:
     raise RuntimeError(f"count_unfinished counts {sorted(_COUNTED)}, not every unfinished state")
 
 
-_claim_sql: dict[tuple[str, int], sql.Composed] = {}
+_claim_sql: dict[tuple[str, int, int], sql.Composed] = {}
 
 
-def claim_sql(name: str, limit: int) -> sql.Composed:
+def claim_sql(name: str, limit: int, queues: int = 0) -> sql.Composed:
     """``claim_queues``/``claim_all`` with the batch size as a literal (see claim_body in
-    queries.sql): one cached plan per batch size, no planning per claim."""
-    key = (name, limit)
+    queries.sql) and, for ``claim_queues``, parameters ``q0``… for ``queues`` queues: one
+    cached generic plan per shape, no planning per claim."""
+    key = (name, limit, queues)
     query = _claim_sql.get(key)
     if query is None:
         if len(_claim_sql) > 512:
             _claim_sql.clear()
-        query = _claim_sql[key] = sql.SQL(Q[name]).format(limit=sql.Literal(limit))
+        rows = sql.SQL(", ").join(sql.SQL("({}::text)").format(sql.Placeholder(f"q{i}")) for i in range(queues))
+        query = _claim_sql[key] = sql.SQL(Q[name]).format(limit=sql.Literal(limit), queues=rows)
     return query
 
 
@@ -266,7 +268,8 @@ async def claim(conn: Conn, p: ClaimParams) -> Claim:
     args: dict[str, Any] = {"now": now, "expires": expires, "worker_id": p.worker_id, "tags": dump(sorted(p.tags))}
     limit = p.limit if plain else 0
     if p.queues:
-        cur = await conn.execute(claim_sql("claim_queues", limit), args | {"queues": list(p.queues)})
+        named = {f"q{i}": queue for i, queue in enumerate(p.queues)}
+        cur = await conn.execute(claim_sql("claim_queues", limit, len(named)), args | named)
     else:
         cur = await conn.execute(claim_sql("claim_all", limit), args)
     rows = await cur.fetchall()
