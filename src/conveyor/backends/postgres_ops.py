@@ -156,7 +156,12 @@ async def _insert(
     if not fresh:
         return
     try:
-        if len(fresh) < COPY_FROM:
+        if len(fresh) == 1:  # the one-by-one submit: no JSON document to parse
+            ((task, state),) = fresh
+            wake = None if state in _WAITING else task.queue
+            (row,) = copy_rows(fresh, deps, parents)
+            await conn.execute(Q["insert_one"], (*row, channel, wake, _on(durable)))
+        elif len(fresh) < COPY_FROM:
             rows = insert_rows(fresh, deps, parents)
             await conn.execute(Q["insert_tasks"], {"rows": rows, "channel": channel, "durable": _on(durable)})
         else:

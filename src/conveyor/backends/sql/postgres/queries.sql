@@ -49,6 +49,25 @@ WITH added AS (
 SELECT count(pg_notify(%(channel)s, q.queue)), {include:durable}
 FROM (SELECT DISTINCT queue FROM added WHERE NOT state {from:deps_succeeded}) AS q;
 
+-- name: insert_one
+-- One task, the one-by-one submit: copy_tasks' row (postgres_rows.copy_rows) as plain
+-- parameters, so the server parses no JSON document for it; then a notification for
+-- the queue named after it (NULL: the task waits on others) and the commit mode.
+WITH added AS (
+    INSERT INTO tasks (
+        id, name, args, queue, priority, state, labels, requires, run_at, depends_on,
+        idempotency_key, max_retries, timeout, retry, created_at, updated_at, history,
+        workflow_id, workflow_key, has_dependents, headers
+    ) VALUES (
+        %s::text, %s::text, %s::jsonb, %s::text, %s::integer, %s::text, %s::jsonb, %s::jsonb,
+        %s::float8, %s::jsonb, %s::text, %s::integer, %s::float8, %s::text, %s::float8, %s::float8,
+        %s::jsonb, %s::text, %s::text, %s::boolean, %s::jsonb
+    )
+), woke AS (
+    SELECT pg_notify(%s, w.queue) FROM (SELECT %s::text AS queue) AS w WHERE w.queue IS NOT NULL
+)
+SELECT (SELECT count(*) FROM woke), set_config('synchronous_commit', %s, true);
+
 -- name: copy_tasks
 -- Large batches: the rows of insert_tasks streamed by COPY (postgres_rows.copy_rows,
 -- history and updated_at included), then copied_tasks, in one transaction.
