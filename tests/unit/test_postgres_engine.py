@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from conveyor.backends import SCHEMES
+from conveyor.backends import postgres_ops as ops
 from conveyor.backends.base import ClaimParams, EnqueueParams, WaitParams
 from conveyor.backends.postgres import PgUrl, PostgresBackend
 from conveyor.backends.postgres_ops import COPY_FROM, claim_sql
@@ -93,6 +96,28 @@ async def test_concurrent_migrations_apply_each_version_once(open_pg: Opener) ->
     assert await backends[0].migrate() == []
 
 
+async def test_repeated_claims_run_one_cached_plan(open_pg: Opener) -> None:
+    """Planning a claim costs as much as running it: after PostgreSQL's five trial
+    custom plans, the claims of a worker (same queues, same batch size) reuse the
+    generic plan instead of planning each one afresh."""
+    backend = await open_pg()
+    assert backend._pool is not None
+    await backend.task_enqueue_many(EnqueueParams([new_task(queue=q) for q in ("a", "b") for _ in range(40)]))
+    async with backend._pool.connection() as conn:
+        await conn.execute("DEALLOCATE ALL")
+        for queues in (("a",), ("a", "b")):
+            for _ in range(20):
+                claim = await ops.claim(conn, ClaimParams("w", 2, 30.0, queues))
+                assert len(claim.tasks) == 2
+            cur = await conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                ["%claim_queues%"],
+            )
+            generic, custom = await cur.fetchone() or (0, 0)
+            assert generic >= 5 and custom <= 5, (queues, generic, custom)
+            await conn.execute("DEALLOCATE ALL")
+
+
 async def test_claims_read_the_ready_index_only_even_with_stale_statistics(open_pg: Opener) -> None:
     backend = await open_pg()
     assert backend._pool is not None
@@ -103,15 +128,30 @@ async def test_claims_read_the_ready_index_only_even_with_stale_statistics(open_
     async with backend._pool.connection() as conn:
         now = time.time()
         args = {"now": now, "expires": now + 30, "worker_id": "w", "tags": "[]", "q0": "default"}
-        for analyzed in (False, True):
+        # The plan a claim runs is usually the cached generic one (postgres_ops.claim_sql):
+        # it must walk the index as well as a plan made for the values at hand.
+        for analyzed, mode in itertools.product((False, True), ("force_custom_plan", "force_generic_plan")):
             if analyzed:
                 await conn.execute("ANALYZE tasks")
+            await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
             for query in ("claim_queues", "claim_all"):
-                cur = await conn.execute(sql.SQL("EXPLAIN ") + claim_sql(query, 10, 1), args)
+                statement = claim_sql(query, 10, 1)
+                await (await conn.execute(statement, args, prepare=True)).fetchall()
+                cur = await conn.execute(
+                    "SELECT name, parameter_types::text[] FROM pg_prepared_statements ORDER BY prepare_time DESC"
+                )
+                name, types = await cur.fetchone() or ("?", [])
+                names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement.as_string(conn))))  # $1, $2, ...
+                values = sql.SQL(", ").join(
+                    sql.SQL("{}::{}").format(sql.Literal(args[k]), sql.SQL(t))
+                    for k, t in zip(names, types, strict=True)
+                )
+                cur = await conn.execute(sql.SQL("EXPLAIN EXECUTE {} ({})").format(sql.Identifier(name), values))
                 plan = "\n".join(row[0] for row in await cur.fetchall())
                 assert "Index Scan using tasks_ready on tasks" in plan, plan
                 assert "Seq Scan on tasks" not in plan and "Bitmap Heap Scan on tasks t" not in plan, plan
                 assert "Sort Key: t.priority" not in plan, plan
+            await conn.execute("DEALLOCATE ALL")
 
 
 async def test_parents_finished_at_once_by_two_workers_release_their_child(open_pg: Opener) -> None:
