@@ -23,8 +23,8 @@ from psycopg import sql
 from conveyor.backends import SCHEMES
 from conveyor.backends import postgres_ops as ops
 from conveyor.backends.base import ClaimParams, EnqueueParams, WaitParams
-from conveyor.backends.postgres import PgUrl, PostgresBackend
-from conveyor.backends.postgres_ops import COPY_FROM, claim_sql
+from conveyor.backends.postgres import PgUrl, PostgresBackend, _wait_state
+from conveyor.backends.postgres_ops import COPY_FROM, shaped_sql
 from conveyor.backends.postgres_tx import enqueue_in_transaction
 from conveyor.errors import BackendUnavailable, InvalidInput, TaskExists
 from conveyor.ids import new_id
@@ -98,23 +98,25 @@ async def test_concurrent_migrations_apply_each_version_once(open_pg: Opener) ->
 
 async def test_repeated_claims_run_one_cached_plan(open_pg: Opener) -> None:
     """Planning a claim costs as much as running it: after PostgreSQL's five trial
-    custom plans, the claims of a worker (same queues, same batch size) reuse the
-    generic plan instead of planning each one afresh."""
+    custom plans, the claims of a worker (same queues, same batch size) and its checks
+    before sleeping reuse the generic plan instead of planning each one afresh."""
     backend = await open_pg()
     assert backend._pool is not None
-    await backend.task_enqueue_many(EnqueueParams([new_task(queue=q) for q in ("a", "b") for _ in range(40)]))
+    await backend.task_enqueue_many(EnqueueParams([new_task(queue=q) for q in ("a", "b") for _ in range(50)]))
     async with backend._pool.connection() as conn:
         await conn.execute("DEALLOCATE ALL")
         for queues in (("a",), ("a", "b")):
             for _ in range(20):
                 claim = await ops.claim(conn, ClaimParams("w", 2, 30.0, queues))
                 assert len(claim.tasks) == 2
-            cur = await conn.execute(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
-                ["%claim_queues%"],
-            )
-            generic, custom = await cur.fetchone() or (0, 0)
-            assert generic >= 5 and custom <= 5, (queues, generic, custom)
+                assert await _wait_state(conn, list(queues)) == (None, True)
+            for statement in ("claim_queues", "wait_queues"):
+                cur = await conn.execute(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                    [f"%{statement}(name)%"],
+                )
+                generic, custom = await cur.fetchone() or (0, 0)
+                assert generic >= 5 and custom <= 5, (statement, queues, generic, custom)
             await conn.execute("DEALLOCATE ALL")
 
 
@@ -128,14 +130,14 @@ async def test_claims_read_the_ready_index_only_even_with_stale_statistics(open_
     async with backend._pool.connection() as conn:
         now = time.time()
         args = {"now": now, "expires": now + 30, "worker_id": "w", "tags": "[]", "q0": "default"}
-        # The plan a claim runs is usually the cached generic one (postgres_ops.claim_sql):
+        # The plan a claim runs is usually the cached generic one (postgres_ops.shaped_sql):
         # it must walk the index as well as a plan made for the values at hand.
         for analyzed, mode in itertools.product((False, True), ("force_custom_plan", "force_generic_plan")):
             if analyzed:
                 await conn.execute("ANALYZE tasks")
             await conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(mode)))
             for query in ("claim_queues", "claim_all"):
-                statement = claim_sql(query, 10, 1)
+                statement = shaped_sql(query, 10, 1)
                 await (await conn.execute(statement, args, prepare=True)).fetchall()
                 cur = await conn.execute(
                     "SELECT name, parameter_types::text[] FROM pg_prepared_statements ORDER BY prepare_time DESC"

@@ -383,7 +383,7 @@ class PostgresBackend:
 async def _wait_state(conn: Conn, queues: list[str]) -> tuple[float | None, bool]:
     """When the next delayed task falls due, and whether ready work is waiting."""
     if queues:
-        cur = await conn.execute(ops.Q["wait_queues"], {"queues": queues})
+        cur = await conn.execute(ops.shaped_sql("wait_queues", queues=len(queues)), ops.queue_params(queues))
     else:
         cur = await conn.execute(ops.Q["wait_all"])
     row = await cur.fetchone()

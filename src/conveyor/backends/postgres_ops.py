@@ -71,21 +71,29 @@ if _COUNTED != states.ACTIVE:
     raise RuntimeError(f"count_unfinished counts {sorted(_COUNTED)}, not every unfinished state")
 
 
-_claim_sql: dict[tuple[str, int, int], sql.Composed] = {}
+_shaped: dict[tuple[str, int, int], sql.Composed] = {}
 
 
-def claim_sql(name: str, limit: int, queues: int = 0) -> sql.Composed:
-    """``claim_queues``/``claim_all`` with the batch size as a literal (see claim_body in
-    queries.sql) and, for ``claim_queues``, parameters ``q0``… for ``queues`` queues: one
-    cached generic plan per shape, no planning per claim."""
+def shaped_sql(name: str, limit: int = 0, queues: int = 0) -> sql.Composed:
+    """Query ``name`` with ``{limit}`` as a literal and ``{queues}`` as a VALUES list of
+    parameters ``q0``, ``q1``… (``queue_params``). PostgreSQL then knows the batch size
+    and how many queues there are, so one cached generic plan serves every call of that
+    shape: with a parameter limit it would plan for sorting a whole queue, and with an
+    array of queues (unnest) it guesses 10 rows, finds the generic plan dearer than a
+    custom one and plans every call afresh, which costs as much as running a claim."""
     key = (name, limit, queues)
-    query = _claim_sql.get(key)
+    query = _shaped.get(key)
     if query is None:
-        if len(_claim_sql) > 512:
-            _claim_sql.clear()
+        if len(_shaped) > 512:
+            _shaped.clear()
         rows = sql.SQL(", ").join(sql.SQL("({}::text)").format(sql.Placeholder(f"q{i}")) for i in range(queues))
-        query = _claim_sql[key] = sql.SQL(Q[name]).format(limit=sql.Literal(limit), queues=rows)
+        query = _shaped[key] = sql.SQL(Q[name]).format(limit=sql.Literal(limit), queues=rows)
     return query
+
+
+def queue_params(queues: Sequence[str]) -> dict[str, str]:
+    """The parameters of ``shaped_sql``'s ``{queues}``."""
+    return {f"q{i}": queue for i, queue in enumerate(queues)}
 
 
 def _on(flag: bool) -> str:
@@ -273,10 +281,9 @@ async def claim(conn: Conn, p: ClaimParams) -> Claim:
     args: dict[str, Any] = {"now": now, "expires": expires, "worker_id": p.worker_id, "tags": dump(sorted(p.tags))}
     limit = p.limit if plain else 0
     if p.queues:
-        named = {f"q{i}": queue for i, queue in enumerate(p.queues)}
-        cur = await conn.execute(claim_sql("claim_queues", limit, len(named)), args | named)
+        cur = await conn.execute(shaped_sql("claim_queues", limit, len(p.queues)), args | queue_params(p.queues))
     else:
-        cur = await conn.execute(claim_sql("claim_all", limit), args)
+        cur = await conn.execute(shaped_sql("claim_all", limit), args)
     rows = await cur.fetchall()
     summary = rows.pop()  # the last row: next due time, whether flow controls exist
     due = None if summary[-2] is None else float(summary[-2])

@@ -236,7 +236,7 @@ RETURNING t.id, t.name, t.args, t.queue, t.priority, t.attempts, t.max_retries, 
 -- A fragment, after a "claim_queues(name)" CTE naming the queues to take from (and
 -- "due_queues", the same or every queue): the whole plain claim in one statement.
 --
--- {limit} is the batch size as a literal (postgres_ops.claim_sql): with a parameter
+-- {limit} is the batch size as a literal (postgres_ops.shaped_sql): with a parameter
 -- there, PostgreSQL's cached generic plan would sort a whole queue, so it plans each
 -- call afresh (half the cost of a claim); with a literal, each batch size gets one
 -- cached plan that walks the index and stops.
@@ -296,9 +296,7 @@ SELECT NULL::text, NULL::text, NULL::jsonb, NULL::text, NULL::integer, NULL::int
 
 -- name: claim_queues
 -- The plain claim from the queues {queues} lists: a VALUES row per queue, one parameter
--- each (postgres_ops.claim_sql). Not unnest(array): PostgreSQL guesses 10 rows for an
--- array parameter, so the cached generic plan looks dearer than a custom one and every
--- claim would be planned afresh, a third of its time.
+-- each, not an array, so that one cached plan serves every claim (postgres_ops.shaped_sql).
 WITH claim_queues(name) AS (VALUES {queues}),
 due_queues(name) AS (SELECT name FROM claim_queues),
 {include:claim_body};
@@ -645,13 +643,16 @@ WHERE state {from:claim} AND queue = %(queue)s
        OR (priority = %(priority)s AND (run_at < %(run_at)s OR (run_at = %(run_at)s AND id < %(id)s))));
 
 -- name: wait_queues
--- What task_wait needs: when the next delayed task of %(queues)s falls due, and
--- whether ready work is there for a plain claim (no flow controls) to take.
-SELECT (SELECT min(x.run_at) FROM unnest(%(queues)s::text[]) AS q(name)
+-- What task_wait needs: when the next delayed task of the queues {queues} lists falls
+-- due (see postgres_ops.shaped_sql), and whether ready work is there for a plain
+-- claim (no flow controls) to take.
+WITH wait_queues(name) AS (VALUES {queues})
+SELECT (SELECT min(x.run_at) FROM wait_queues AS q
         CROSS JOIN LATERAL (
             SELECT run_at FROM tasks WHERE state {from:due} AND queue = q.name
             ORDER BY run_at LIMIT 1) AS x),
-       EXISTS (SELECT 1 FROM tasks WHERE state {from:claim} AND queue = ANY(%(queues)s::text[]))
+       EXISTS (SELECT 1 FROM wait_queues AS q
+               WHERE EXISTS (SELECT 1 FROM tasks WHERE state {from:claim} AND queue = q.name))
        AND NOT EXISTS (SELECT 1 FROM flow_controls);
 
 -- name: wait_all
