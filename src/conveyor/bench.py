@@ -470,7 +470,9 @@ async def check_succeeded(app: Conveyor, place: Place, expected: int) -> None:
 
 
 def _window(app: Conveyor, cfg: BenchConfig, workers: int) -> int:
-    capacity = (cfg.concurrency or app.settings.worker.concurrency) + app.settings.worker.prefetch
+    concurrency = cfg.concurrency or app.settings.worker.concurrency
+    ahead = app.settings.worker.prefetch
+    capacity = concurrency + (concurrency if ahead == "auto" else ahead)
     return max(256, 4 * workers * capacity)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,7 +75,8 @@ class WorkerConfig(BaseModel):
 
     concurrency: int = Field(default=10, ge=1, le=10_000)
     pool: Literal["async", "threads", "processes"] = "async"
-    prefetch: int = Field(default=0, ge=0, le=10_000)  # extra claims beyond free slots
+    # extra claims beyond free slots: a number, or "auto" (see conveyor.worker.runner)
+    prefetch: Annotated[int, Field(ge=0, le=10_000)] | Literal["auto"] = "auto"
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     reap_interval: float = Field(default=5.0, gt=0)

@@ -281,6 +281,35 @@ async def test_stop_finishes_running_tasks_and_releases_unstarted_ones(memory_ur
             assert transitions(t)[-2:] == ["claim", "release"]
 
 
+async def test_auto_prefetch_claims_ahead_only_while_tasks_are_short(memory_url: str, marks: Path) -> None:
+    """prefetch="auto" (the default): a worker whose tasks are short holds up to twice
+    its concurrency; one slow task turns that off, and slow tasks then are never held
+    waiting for a slot while another worker could run them."""
+    app = build_app(memory_url, settings=fast_settings(memory_url))
+    async with running(app, concurrency=2) as worker:
+        assert worker.capacity() == 2  # nothing measured yet: no claiming ahead
+
+        async def quick_tasks_ran() -> bool:
+            await finished(app, *[await submit(app, "it.where_async", x=i) for i in range(10)])
+            return worker.capacity() == 4
+
+        await wait_for(quick_tasks_ran, what="short tasks to turn prefetch on")
+        slow = [await submit(app, "it.slow", marks=str(marks), key=f"s{i}", seconds=0.2) for i in range(6)]
+        await wait_for(lambda: len(marks_of(marks, "done")) >= 1, what="a slow task to finish")
+        assert worker.capacity() == 2
+        await wait_for(lambda: len(marks_of(marks, "done")) >= 3, what="the next slow tasks")
+        assert len(worker._inflight) <= 2  # claimed only for free slots again
+        await finished(app, *slow)
+
+
+async def test_a_fixed_prefetch_ignores_task_length(memory_url: str) -> None:
+    app = build_app(memory_url, settings=fast_settings(memory_url, prefetch=3))
+    async with running(app, concurrency=2) as worker:
+        assert worker.capacity() == 5
+        await finished(app, *[await submit(app, "it.where_async", x=i) for i in range(10)])
+        assert worker.capacity() == 5
+
+
 async def test_tasks_of_a_dead_worker_are_recovered_when_their_lease_lapses(mem_app: Conveyor, marks: Path) -> None:
     handles = [await submit(mem_app, "it.once", marks=str(marks), key=f"t{i}") for i in range(3)]
     backend = await mem_app.backend()

@@ -5,7 +5,12 @@ Loops running side by side on one event loop:
 * claim: takes exactly as many tasks as there is room for (``concurrency`` plus
   ``prefetch``), then sleeps on ``task_wait`` (same-process submits wake it at
   once; other processes' through the engine's own signal) or until the next
-  scheduled task is due;
+  scheduled task is due. ``prefetch="auto"`` (the default) claims up to
+  ``concurrency`` more while this worker's tasks run for under ``SHORT_TASK``
+  seconds on average, and none otherwise: short tasks then start as soon as a slot
+  frees instead of after a claim's round trip (half again the throughput of no-op
+  tasks on PostgreSQL), while a claimed task never waits long behind others when
+  another worker could have run it;
 * completer: writes outcomes in batches (``worker.completer``);
 * heartbeat: refreshes the registry row and extends leases; leases the engine says
   are lost (cancelled, reaped) stop their attempts;
@@ -85,6 +90,13 @@ class WorkerOptions:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
 
+# prefetch="auto": the average run time (seconds) under which a worker claims ahead, and
+# the weight of each new run in that average (one long task turns prefetch off at once;
+# about thirty short ones turn it back on).
+SHORT_TASK = 0.005
+_RUN_WEIGHT = 0.1
+
+
 class Worker:
     def __init__(self, app: Conveyor, options: WorkerOptions | None = None) -> None:
         self.app = app
@@ -93,7 +105,7 @@ class Worker:
         self.id = self.opts.worker_id
         self.concurrency = self.opts.concurrency or self.cfg.concurrency
         self.pool_kind = self.opts.pool or self.cfg.pool
-        self.capacity = self.concurrency + self.cfg.prefetch
+        self._run_avg: float | None = None  # average run time of this worker's attempts
         self.processed = 0
         self._inflight: dict[str, _Attempt] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -180,6 +192,14 @@ class Worker:
 
     # --- claiming ----------------------------------------------------------------------
 
+    def capacity(self) -> int:
+        """How many tasks this worker holds at most: running, plus claimed ahead."""
+        ahead = self.cfg.prefetch
+        if ahead == "auto":
+            short = self._run_avg is not None and self._run_avg < SHORT_TASK
+            ahead = self.concurrency if short else 0
+        return self.concurrency + ahead
+
     async def _claim_loop(self) -> None:
         assert self._backend is not None
         backend, failures = self._backend, 0
@@ -192,7 +212,7 @@ class Worker:
             aging_interval=self.app.settings.aging_interval or None,
         )
         while not self._stopping:
-            room = self.capacity - len(self._inflight)
+            room = self.capacity() - len(self._inflight)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -247,6 +267,8 @@ class Worker:
                 began = time.perf_counter()
                 outcome = await (self._execute_traced(ct) if self._tracing else self._execute(ct))
                 seconds = time.perf_counter() - began
+                avg = self._run_avg
+                self._run_avg = seconds if avg is None else avg + _RUN_WEIGHT * (seconds - avg)
                 if metrics is not None:
                     metrics.finished(ct, seconds, outcome.kind)
                 if outcome.kind != "complete" or log.isEnabledFor(logging.DEBUG):
