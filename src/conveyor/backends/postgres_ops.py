@@ -4,8 +4,8 @@ Connections are in autocommit mode, so a single statement is its own transaction
 costs one round trip; operations of several statements open ``conn.transaction()``.
 The common case of each hot operation is one statement:
 
-* submit: ``insert_tasks`` (plus ``pg_notify``), or from ``COPY_FROM`` tasks on
-  ``copy_tasks`` and ``copied_tasks`` in a transaction; idempotency keys,
+* submit: ``insert_tasks`` (plus ``pg_notify``; one task: ``insert_one``), or from
+  ``COPY_FROM`` tasks on ``copy_tasks`` and ``copied_tasks`` in a transaction; idempotency keys,
   ``max_length`` and dependencies take a transaction with advisory locks on the keys
   and queues;
 * claim: ``claim_queues``/``claim_all``, one statement that promotes due tasks,

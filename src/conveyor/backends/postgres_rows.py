@@ -4,7 +4,8 @@ Batches go to PostgreSQL as one JSON array of objects (read there by
 ``jsonb_to_recordset``): one parameter, one statement, whatever the batch size, and
 ``json.dumps`` is cheap next to a round trip. Large submits are the exception: they
 stream through ``COPY`` (``copy_rows``), which spares the server parsing one big
-jsonb document and then every field out of it again. jsonb columns come back decoded
+jsonb document and then every field out of it again; a single task sends the same
+row as plain parameters (``insert_one``). jsonb columns come back decoded
 by psycopg; ``retry`` is text, so equal policies share one parsed instance.
 """
 
