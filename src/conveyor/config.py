@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,7 @@ class WorkerConfig(BaseModel):
     concurrency: int = Field(default=10, ge=1, le=10_000)
     pool: Literal["async", "threads", "processes"] = "async"
     # extra claims beyond free slots: a number, or "auto" (see conveyor.worker.runner)
-    prefetch: Annotated[int, Field(ge=0, le=10_000)] | Literal["auto"] = "auto"
+    prefetch: int | Literal["auto"] = "auto"
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     reap_interval: float = Field(default=5.0, gt=0)
@@ -87,6 +87,20 @@ class WorkerConfig(BaseModel):
     finish_batch: int = Field(default=256, ge=1)  # outcomes written per transaction
     finish_delay: float = Field(default=0.002, ge=0)  # max wait to fill a batch
     scheduler: bool = True  # fire periodic schedules from this worker (conveyor.schedules)
+
+    @field_validator("prefetch", mode="before")
+    @classmethod
+    def _prefetch(cls, value: Any) -> int | str:
+        """One clear message for a bad value instead of one per member of the union."""
+        if value == "auto":
+            return "auto"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = -1
+        if isinstance(value, bool) or number < 0 or number > 10_000 or str(number) != str(value).strip():
+            raise ValueError(f"expected 'auto' or a number of tasks from 0 to 10000, got {value!r}")
+        return number
 
 
 class ApiToken(BaseModel):

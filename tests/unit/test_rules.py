@@ -422,6 +422,24 @@ def test_environment_beats_the_file_and_nests_with_double_underscore(
     assert (settings.worker.concurrency, settings.worker.pool) == (20, "threads")
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, "auto"), ("auto", "auto"), ("0", 0), ("25", 25)])
+def test_prefetch_is_auto_or_a_number(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: int | str
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("CONVEYOR_WORKER__PREFETCH", value)
+    assert load_settings().worker.prefetch == expected
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "2.5", "10001", "Auto"])
+def test_a_bad_prefetch_gets_one_clear_error(clean_env: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CONVEYOR_WORKER__PREFETCH", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).count("worker.prefetch") == 1
+    assert f"expected 'auto' or a number of tasks from 0 to 10000, got {value!r}" in str(err.value)
+
+
 def test_explicit_arguments_beat_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_URL", "memory://from-env")
     assert load_settings(url="sqlite:///explicit.db").url == "sqlite:///explicit.db"

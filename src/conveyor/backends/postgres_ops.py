@@ -5,9 +5,9 @@ costs one round trip; operations of several statements open ``conn.transaction()
 The common case of each hot operation is one statement:
 
 * submit: ``insert_tasks`` (plus ``pg_notify``; one task: ``insert_one``), or from
-  ``COPY_FROM`` tasks on ``copy_tasks`` and ``copied_tasks`` in a transaction; idempotency keys,
-  ``max_length`` and dependencies take a transaction with advisory locks on the keys
-  and queues;
+  ``COPY_FROM`` tasks on ``copy_tasks`` and ``copied_tasks`` in a transaction;
+  idempotency keys, ``max_length`` and dependencies take a transaction with advisory
+  locks on the keys and queues;
 * claim: ``claim_queues``/``claim_all``, one statement that promotes due tasks,
   leases the best ready ones (``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)
   RETURNING``) and reads the next due time; with flow controls or aging, then a
