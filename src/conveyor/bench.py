@@ -470,9 +470,11 @@ async def check_succeeded(app: Conveyor, place: Place, expected: int) -> None:
 
 
 def _window(app: Conveyor, cfg: BenchConfig, workers: int) -> int:
+    from conveyor.worker.runner import AHEAD_FACTOR
+
     concurrency = cfg.concurrency or app.settings.worker.concurrency
     ahead = app.settings.worker.prefetch
-    capacity = concurrency + (concurrency if ahead == "auto" else ahead)
+    capacity = concurrency + (AHEAD_FACTOR * concurrency if ahead == "auto" else ahead)
     return max(256, 4 * workers * capacity)
 
 

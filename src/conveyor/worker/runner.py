@@ -5,12 +5,12 @@ Loops running side by side on one event loop:
 * claim: takes exactly as many tasks as there is room for (``concurrency`` plus
   ``prefetch``), then sleeps on ``task_wait`` (same-process submits wake it at
   once; other processes' through the engine's own signal) or until the next
-  scheduled task is due. ``prefetch="auto"`` (the default) claims up to
-  ``concurrency`` more while this worker's tasks run for under ``SHORT_TASK``
-  seconds on average, and none otherwise: short tasks then start as soon as a slot
-  frees instead of after a claim's round trip (half again the throughput of no-op
-  tasks on PostgreSQL), while a claimed task never waits long behind others when
-  another worker could have run it;
+  scheduled task is due. ``prefetch="auto"`` (the default) claims ahead as many
+  tasks as this worker's slots get through in ``AHEAD_SECONDS`` at their average
+  run time (at most ``AHEAD_FACTOR`` times ``concurrency``; none for slow tasks):
+  short tasks then start as soon as a slot frees instead of after a claim's round
+  trip, in larger batches, while a task claimed ahead waits only a few milliseconds
+  for its slot and slow tasks are never held where another worker could run them;
 * completer: writes outcomes in batches (``worker.completer``);
 * heartbeat: refreshes the registry row and extends leases; leases the engine says
   are lost (cancelled, reaped) stop their attempts;
@@ -90,10 +90,12 @@ class WorkerOptions:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
 
-# prefetch="auto": the average run time (seconds) under which a worker claims ahead, and
-# the weight of each new run in that average (one long task turns prefetch off at once;
-# about thirty short ones turn it back on).
-SHORT_TASK = 0.005
+# prefetch="auto": claim ahead about this many seconds of work, at most this many times
+# the concurrency (Celery's default prefetch multiplier). Each new run weighs a tenth in
+# the average run time: one slow task turns claiming ahead off at once, about thirty
+# short ones turn it back on.
+AHEAD_SECONDS = 0.005
+AHEAD_FACTOR = 4
 _RUN_WEIGHT = 0.1
 
 
@@ -194,11 +196,13 @@ class Worker:
 
     def capacity(self) -> int:
         """How many tasks this worker holds at most: running, plus claimed ahead."""
-        ahead = self.cfg.prefetch
-        if ahead == "auto":
-            short = self._run_avg is not None and self._run_avg < SHORT_TASK
-            ahead = self.concurrency if short else 0
-        return self.concurrency + ahead
+        fixed, avg = self.cfg.prefetch, self._run_avg
+        if fixed != "auto":
+            return self.concurrency + fixed
+        if avg is None:
+            return self.concurrency  # nothing measured yet
+        most = AHEAD_FACTOR * self.concurrency
+        return self.concurrency + (most if avg <= 0 else min(most, int(self.concurrency * AHEAD_SECONDS / avg)))
 
     async def _claim_loop(self) -> None:
         assert self._backend is not None
