@@ -92,8 +92,8 @@ class WorkerOptions:
 
 # prefetch="auto": claim ahead about this many seconds of work, at most this many times
 # the concurrency (Celery's default prefetch multiplier). Each new run weighs a tenth in
-# the average run time: one slow task turns claiming ahead off at once, about thirty
-# short ones turn it back on.
+# the average run time: one slow task turns claiming ahead off at once, and short ones
+# bring it back gradually (a tenth of the way each).
 AHEAD_SECONDS = 0.005
 AHEAD_FACTOR = 4
 _RUN_WEIGHT = 0.1
