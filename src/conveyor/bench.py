@@ -470,12 +470,10 @@ async def check_succeeded(app: Conveyor, place: Place, expected: int) -> None:
 
 
 def _window(app: Conveyor, cfg: BenchConfig, workers: int) -> int:
-    from conveyor.worker.runner import AHEAD_FACTOR
+    from conveyor.worker.runner import most_held
 
-    concurrency = cfg.concurrency or app.settings.worker.concurrency
-    ahead = app.settings.worker.prefetch
-    capacity = concurrency + (AHEAD_FACTOR * concurrency if ahead == "auto" else ahead)
-    return max(256, 4 * workers * capacity)
+    held = most_held(cfg.concurrency or app.settings.worker.concurrency, app.settings.worker.prefetch)
+    return max(256, 4 * workers * held)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

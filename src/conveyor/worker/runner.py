@@ -35,7 +35,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor import __version__, context, tracing
 from conveyor.backends.base import (
@@ -97,6 +97,11 @@ class WorkerOptions:
 AHEAD_SECONDS = 0.005
 AHEAD_FACTOR = 4
 _RUN_WEIGHT = 0.1
+
+
+def most_held(concurrency: int, prefetch: int | Literal["auto"]) -> int:
+    """The most tasks a worker holds at once: its slots plus the most it claims ahead."""
+    return concurrency + (AHEAD_FACTOR * concurrency if prefetch == "auto" else prefetch)
 
 
 class Worker:
@@ -196,13 +201,12 @@ class Worker:
 
     def capacity(self) -> int:
         """How many tasks this worker holds at most: running, plus claimed ahead."""
-        fixed, avg = self.cfg.prefetch, self._run_avg
-        if fixed != "auto":
-            return self.concurrency + fixed
+        most, avg = most_held(self.concurrency, self.cfg.prefetch), self._run_avg
+        if self.cfg.prefetch != "auto" or (avg is not None and avg <= 0):
+            return most
         if avg is None:
             return self.concurrency  # nothing measured yet
-        most = AHEAD_FACTOR * self.concurrency
-        return self.concurrency + (most if avg <= 0 else min(most, int(self.concurrency * AHEAD_SECONDS / avg)))
+        return min(most, self.concurrency + int(self.concurrency * AHEAD_SECONDS / avg))
 
     async def _claim_loop(self) -> None:
         assert self._backend is not None
