@@ -47,6 +47,11 @@ class TaskNotFound(ConveyorError):
     code = "TaskNotFound"
 
 
+class DependencyNotFound(InvalidInput, TaskNotFound):
+    """A submit's ``depends_on`` names no stored task: bad input (HTTP 422, CLI exit 2),
+    and still a ``TaskNotFound`` for callers that catch that. ``task_id`` is the unknown id."""
+
+
 class TaskExists(ConveyorError):
     code = "TaskExists"
 

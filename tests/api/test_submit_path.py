@@ -143,9 +143,10 @@ async def test_an_unknown_dependency_fails_only_its_submit(client: httpx.AsyncCl
     parent = (await client.post("/tasks", json={"name": "p"}, headers=ADMIN)).json()
     bodies = [{"name": "c", "depends_on": [parent["id"]]}, {"name": "c", "depends_on": ["nope"]}, {"name": "x"}]
     rs = await asyncio.gather(*(client.post("/tasks", json=b, headers=ADMIN) for b in bodies))
-    assert [r.status_code for r in rs] == [201, 404, 201]
+    assert [r.status_code for r in rs] == [201, 422, 201]
     assert rs[0].json()["state"] == "waiting" and rs[0].json()["depends_on"] == [parent["id"]]
-    assert_error(rs[1], 404, "TaskNotFound")
+    error = assert_error(rs[1], 422, "ValidationError")
+    assert error["details"]["task_id"] == "nope" and "nope" in error["message"]
 
 
 async def test_an_outage_fails_the_whole_batch(make_app: AppFactory, client_for: Any) -> None:

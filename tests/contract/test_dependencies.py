@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.backends.base import Backend, CancelParams
-from conveyor.errors import TaskNotFound
+from conveyor.errors import DependencyNotFound, InvalidInput, TaskNotFound
 from conveyor.states import FailureReason, State
 
 from .helpers import all_tasks, claim, claim_one, complete, enqueue, fail, new_task, single_store_only, submit
@@ -88,9 +88,12 @@ async def test_dependencies_may_point_at_tasks_in_the_same_batch(backend: Backen
     assert (await backend.task_get(second.id)).state is State.PENDING
 
 
-async def test_unknown_dependency_raises_task_not_found_and_stores_nothing(backend: Backend) -> None:
-    with pytest.raises(TaskNotFound):
-        await enqueue(backend, new_task(), new_task(depends_on=["0190f0e0-0000-7000-8000-000000000000"]))
+async def test_unknown_dependency_is_invalid_input_and_stores_nothing(backend: Backend) -> None:
+    unknown = "0190f0e0-0000-7000-8000-000000000000"
+    with pytest.raises(DependencyNotFound) as caught:
+        await enqueue(backend, new_task(), new_task(depends_on=[unknown]))
+    assert isinstance(caught.value, InvalidInput) and isinstance(caught.value, TaskNotFound)
+    assert caught.value.details["task_id"] == unknown and caught.value.code == "ValidationError"
     assert await all_tasks(backend) == []
 
 

@@ -24,7 +24,7 @@ dump_batch = TypeAdapter(BatchResult).dump_json
 
 
 DEPENDENCY_UNKNOWN: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "A ``depends_on`` id names no task"}
+    422: {"model": ErrorBody, "description": "Invalid: e.g. a ``depends_on`` id names no task (``ValidationError``)"}
 }
 
 

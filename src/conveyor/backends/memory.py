@@ -47,7 +47,7 @@ from conveyor.backends.base import (
     WaitParams,
     check_events,
 )
-from conveyor.errors import InvalidInput, QueueFull, TaskExists, TaskNotFound
+from conveyor.errors import DependencyNotFound, InvalidInput, QueueFull, TaskExists, TaskNotFound
 from conveyor.features.flow import (
     ClaimGate,
     FlowControl,
@@ -477,7 +477,7 @@ class _Store:
             row.depends_on = [alias.get(dep, dep) for dep in t.depends_on]
             for dep in row.depends_on:
                 if dep not in self.tasks and dep not in planned:
-                    raise TaskNotFound(f"task {row.id} depends on unknown task {dep}", task_id=dep)
+                    raise DependencyNotFound(f"task {row.id} depends on unknown task {dep}", task_id=dep)
         rows = [row for row, _ in planned.values()]
         self._check_room(rows, params.max_length)
         for row in rows:

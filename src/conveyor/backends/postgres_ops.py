@@ -52,7 +52,14 @@ from conveyor.backends.postgres_rows import (
     task_from_row,
 )
 from conveyor.backends.sqlfiles import load_queries
-from conveyor.errors import InvalidInput, InvalidStateTransition, QueueFull, TaskExists, TaskNotFound
+from conveyor.errors import (
+    DependencyNotFound,
+    InvalidInput,
+    InvalidStateTransition,
+    QueueFull,
+    TaskExists,
+    TaskNotFound,
+)
 from conveyor.models import ClaimedTask, NewTask, Task
 from conveyor.states import State
 
@@ -219,7 +226,7 @@ async def _lock_parents(cur: Cursor, deps: dict[str, list[str]], batch: set[str]
     for task_id, ds in deps.items():
         for dep in ds:
             if dep not in batch and dep not in found:
-                raise TaskNotFound(f"task {task_id} depends on unknown task {dep}", task_id=dep)
+                raise DependencyNotFound(f"task {task_id} depends on unknown task {dep}", task_id=dep)
 
 
 async def _check_bounds(cur: Cursor, fresh: list[tuple[NewTask, State]], max_length: dict[str, int]) -> None:

@@ -67,6 +67,7 @@ from conveyor.backends.redis_scripts import ChannelOptions, ScriptChannel, regis
 from conveyor.backends.redis_wake import Wakeups
 from conveyor.errors import (
     BackendUnavailable,
+    DependencyNotFound,
     InvalidInput,
     InvalidStateTransition,
     QueueFull,
@@ -262,7 +263,7 @@ class RedisBackend:
                 f"queue {queue!r} is full ({bound} unfinished tasks at most)", queue=queue, max_length=bound
             )
         if code == "notfound":
-            raise TaskNotFound(f"task {reply[3]} depends on unknown task {reply[2]}", task_id=reply[2])
+            raise DependencyNotFound(f"task {reply[3]} depends on unknown task {reply[2]}", task_id=reply[2])
         raise TaskExists(f"task {reply[2]} already exists", task_id=reply[2])
 
     async def task_claim(self, params: ClaimParams) -> Claim:

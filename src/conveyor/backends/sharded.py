@@ -63,7 +63,7 @@ from conveyor.backends.base import (
     check_events,
 )
 from conveyor.backends.ring import HashRing
-from conveyor.errors import ConveyorError, InvalidInput, QueueFull, TaskNotFound
+from conveyor.errors import ConveyorError, DependencyNotFound, InvalidInput, QueueFull, TaskNotFound
 from conveyor.features.flow import BreakerState, FlowControl, QueueUpdate, claim_key
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
 
@@ -352,7 +352,7 @@ class ShardedBackend:
         for deps in outside.values():
             missing = next((dep for dep in deps if dep not in stored), None)
             if missing is not None:
-                raise TaskNotFound(f"a task depends on unknown task {missing}", task_id=missing)
+                raise DependencyNotFound(f"a task depends on unknown task {missing}", task_id=missing)
         members: dict[int, list[int]] = {}
         for pos, root in enumerate(roots):
             members.setdefault(root, []).append(pos)

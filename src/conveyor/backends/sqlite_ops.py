@@ -40,7 +40,7 @@ from conveyor.backends.sqlite_rows import (
     stamp,
     task_from_row,
 )
-from conveyor.errors import InvalidStateTransition, QueueFull, TaskExists, TaskNotFound
+from conveyor.errors import DependencyNotFound, InvalidStateTransition, QueueFull, TaskExists, TaskNotFound
 from conveyor.models import ClaimedTask, NewTask, Task
 from conveyor.states import State
 
@@ -195,7 +195,7 @@ class TaskOps(Connection):
             for task_id, ds in deps.items():
                 for dep in ds:
                     if dep not in batch and dep not in found:
-                        raise TaskNotFound(f"task {task_id} depends on unknown task {dep}", task_id=dep)
+                        raise DependencyNotFound(f"task {task_id} depends on unknown task {dep}", task_id=dep)
         return deps
 
     def _check_bounds(
