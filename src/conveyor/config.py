@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from conveyor.errors import ConfigError, InvalidInput
 from conveyor.features.flow import parse_rate
-from conveyor.priority import PriorityRule
+from conveyor.priority import PriorityRule, default_rules
 from conveyor.retry import RetryPolicy
 from conveyor.schedules import ScheduleConfig
 
@@ -225,7 +225,7 @@ class Settings(BaseSettings):
 
     url: str = DEFAULT_URL
     queues: dict[str, QueueConfig] = Field(default_factory=dict)
-    priority_rules: list[PriorityRule] = Field(default_factory=list)
+    priority_rules: list[PriorityRule] = Field(default_factory=default_rules)  # [] turns them off
     default_priority: int = Field(default=5, ge=0, le=10)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)

@@ -88,16 +88,24 @@ class PriorityRule(BaseModel):
         return v
 
     def matches(self, name: str, queue: str, labels: Sequence[str], args: Mapping[str, Any]) -> bool:
-        if self.name is not None and not re.search(self.name, name):
-            return False
-        if self.queue is not None and not re.search(self.queue, queue):
-            return False
-        if self.labels is not None and not any(re.search(self.labels, lb) for lb in labels):
+        # Checked on every submit without a priority: the cheap misses come first.
+        if self.labels is not None and (not labels or not any(re.search(self.labels, lb) for lb in labels)):
             return False
         for key, pattern in self.args.items():
             if key not in args or not re.search(pattern, str(args[key])):
                 return False
-        return True
+        if self.name is not None and not re.search(self.name, name):
+            return False
+        return self.queue is None or re.search(self.queue, queue) is not None
+
+
+def default_rules() -> list[PriorityRule]:
+    """The rules that apply unless config sets ``priority_rules`` (SPEC §4): an urgent
+    label makes a task ``critical``, a task about an important repository ``high``."""
+    return [
+        PriorityRule(labels="hotfix|urgent|critical", priority="critical"),
+        PriorityRule(args={"repo": "core|main|production"}, priority=8),
+    ]
 
 
 def resolve_priority(

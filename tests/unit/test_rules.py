@@ -14,11 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor import states
-from conveyor.config import DEFAULT_URL, load_settings
+from conveyor.config import DEFAULT_URL, Settings, load_settings
 from conveyor.errors import ConfigError, InvalidInput, InvalidStateTransition, Permanent, Retry, TaskTimeout
 from conveyor.ids import new_id
 from conveyor.models import TaskSpec
-from conveyor.priority import Band, PriorityRule, band_of, band_range, parse_priority, resolve_priority
+from conveyor.priority import Band, PriorityRule, band_of, band_range, default_rules, parse_priority, resolve_priority
 from conveyor.retry import RetryPolicy, decide
 from conveyor.states import ACTIVE, INITIAL, TERMINAL, TRANSITIONS, FailureReason, State
 
@@ -375,7 +375,16 @@ def test_settings_default_without_file_or_environment(clean_env: Path) -> None:
         30.0,
         30.0,
     )
-    assert settings.queues == {} and settings.priority_rules == [] and settings.max_lengths() == {}
+    assert settings.queues == {} and settings.max_lengths() == {}
+    assert settings.priority_rules == default_rules()  # SPEC §4's example rules
+
+
+def test_the_default_rules_are_the_specs_and_config_can_turn_them_off(clean_env: Path) -> None:
+    rules = load_settings().priority_rules
+    assert resolve_priority(rules, "deploy", "default", ["hotfix"], {}) == 10
+    assert resolve_priority(rules, "build", "default", [], {"repo": "production"}) == 8
+    assert resolve_priority(rules, "build", "default", ["docs"], {"repo": "blog"}) == 5
+    assert Settings(priority_rules=[]).priority_rules == []
 
 
 def test_settings_read_the_yaml_file_named_by_conveyor_config(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
