@@ -80,6 +80,7 @@ class WorkerConfig(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     reap_interval: float = Field(default=5.0, gt=0)
+    metrics_interval: float = Field(default=1.0, gt=0)  # how often attempt figures reach the engine
     offline_after: float = Field(default=30.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     poll_min: float = Field(default=0.001, gt=0)  # adaptive poll across processes

@@ -1,42 +1,44 @@
-"""Prometheus metrics: cluster-wide figures read at scrape time, and per-process histograms.
+"""Prometheus metrics: cluster-wide figures read at scrape time, and attempt figures.
 
-Two sources, because they answer different questions:
+Three sources, because they answer different questions:
 
-* ``cluster_metrics(stats)`` renders what the engine knows about the whole cluster
-  (tasks per state, queue depth per band and state, workers per state, the DLQ,
-  open breakers) from one ``stats()`` call. ``GET /metrics`` on the API serves it, so a
-  scrape is right however many workers and API instances run, and costs one engine
-  read, not one per queue. ``conveyor_tasks_submitted_total`` and
-  ``conveyor_tasks_finished_total`` count the tasks the engine holds: a DLQ purge
-  lowers them, which Prometheus reads as a counter reset.
-* ``WorkerMetrics`` lives in each worker process (``conveyor worker --metrics-port N``):
-  how long attempts ran, how long tasks waited from ``run_at`` to their start, how long
-  claims took, and attempt outcomes and retries by queue and task name. Prometheus sums
-  them across workers.
+* ``cluster_metrics(stats, totals)`` renders what the engine knows about the whole
+  cluster, and ``GET /metrics`` on the API serves it, so a scrape is right however
+  many workers and API instances run. From one ``stats()`` call: tasks per state,
+  queue depth per band and state, workers per state, the DLQ, open breakers.
+  ``conveyor_tasks_submitted_total`` and ``conveyor_tasks_finished_total`` count the
+  tasks the engine holds: a DLQ purge lowers them, which Prometheus reads as a
+  counter reset.
+* From the engine's metric totals (``MetricStore``): how long attempts ran, how long
+  tasks waited from ``run_at`` to their start, attempt outcomes and retries, by queue
+  and task name. Each worker counts them in a ``Tally`` and adds what is new to the
+  engine's totals about once a second (``worker.metrics_interval``), so they survive
+  the workers that measured them and need no scrape of the workers.
+* ``WorkerMetrics`` (``conveyor worker --metrics-port N``): the same figures for one
+  worker process only, plus how long its claims took.
 
-Label children are cached per (queue, name), so recording an attempt costs a few
-microseconds on the worker's hot path.
+Recording an attempt costs a dict lookup, a bisect and a few additions on the
+worker's hot path; the encoding into engine keys happens at flush time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from conveyor.models import ClaimedTask, Stats
+from conveyor.models import Stats
 from conveyor.priority import Band
 from conveyor.states import TERMINAL, State
+from conveyor.tally import DURATION_BUCKETS, Tally, bucket_label
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Task durations span milliseconds (no-op tasks) to hours (batch jobs).
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-OUTCOME_STATE = {"complete": State.SUCCEEDED.value, "retry": State.RETRYING.value, "fail": State.FAILED.value}
 
 
 # --- cluster-wide, from the engine ------------------------------------------------------------
@@ -99,71 +101,107 @@ class ClusterCollector(Collector):
         yield breaker
 
 
-def cluster_metrics(stats: Stats) -> bytes:
-    """The Prometheus text of one ``Stats`` snapshot (what ``GET /metrics`` serves)."""
+def cluster_metrics(stats: Stats, totals: dict[str, float] | None = None) -> bytes:
+    """The Prometheus text of one ``Stats`` snapshot and the engine's metric totals (what
+    ``GET /metrics`` serves)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(stats))
+    registry.register(TotalsCollector(totals or {}))
     return generate_latest(registry)
+
+
+# --- attempt figures: counted per process, summed in the engine -----------------------------
+
+# family -> (metric name, help, label names); histograms carry "le=…" and "sum" parts.
+_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "duration": ("conveyor_task_duration_seconds", "How long attempts ran, by queue and task name.", ("queue", "name")),
+    "wait": ("conveyor_task_wait_seconds", "From a task's run_at to the start of its attempt, by queue.", ("queue",)),
+    "attempts": (
+        "conveyor_attempts",
+        "Attempts finished, by queue, task name and the state they left the task in.",
+        ("queue", "name", "state"),
+    ),
+    "retries": ("conveyor_retries", "Attempts that ended in a retry, by queue and task name.", ("queue", "name")),
+}
+
+
+class TotalsCollector(Collector):
+    """Histograms and counters built from metric totals (``Tally.totals()`` or the engine's)."""
+
+    def __init__(self, totals: dict[str, float]) -> None:
+        self.totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        hist: dict[str, dict[tuple[str, ...], dict[str, float]]] = {"duration": {}, "wait": {}}
+        counts: dict[str, dict[tuple[str, ...], float]] = {"attempts": {}, "retries": {}}
+        for key, total in self.totals.items():
+            parsed = _parse_key(key)
+            if parsed is None:
+                continue  # not a key this version writes: skipped, never an error
+            family, labels, part = parsed
+            if family in hist:
+                hist[family].setdefault(labels, {})[part] = total
+            else:
+                counts[family][(*labels, part) if family == "attempts" else labels] = total
+        for family, series in hist.items():
+            name, doc, label_names = _FAMILIES[family]
+            metric = HistogramMetricFamily(name, doc, labels=list(label_names))
+            for labels, parts in sorted(series.items()):
+                metric.add_metric(list(labels), _cumulative(parts), parts.get("sum", 0.0))
+            yield metric
+        for family, values in counts.items():
+            name, doc, label_names = _FAMILIES[family]
+            counter = CounterMetricFamily(name, doc, labels=list(label_names))
+            for labels, total in sorted(values.items()):
+                counter.add_metric(list(labels), total)
+            yield counter
+
+
+def _parse_key(key: str) -> tuple[str, tuple[str, ...], str] | None:
+    """``metric_key``'s parts, or None for anything else."""
+    try:
+        family, labels, part = json.loads(key)
+        labels = tuple(str(v) for v in labels)
+        wanted = len(_FAMILIES[family][2]) - (family == "attempts")  # an attempt's state is its part
+    except (ValueError, TypeError, KeyError):
+        return None
+    if len(labels) != wanted or not isinstance(part, str) or (family == "attempts" and not part):
+        return None
+    return family, labels, part
+
+
+def _cumulative(parts: dict[str, float]) -> list[tuple[str, float]]:
+    """Prometheus buckets from stored per-bucket counts. Engines store only the buckets
+    that were hit; every standard one is shown, so each series has the same buckets."""
+    bounds = dict.fromkeys((*DURATION_BUCKETS, float("inf")), 0.0)
+    for part, n in parts.items():
+        with contextlib.suppress(ValueError):
+            if part.startswith("le="):
+                bound = float(part[3:])
+                bounds[bound] = bounds.get(bound, 0.0) + n
+    cumulative, buckets = 0.0, []
+    for bound in sorted(bounds):
+        cumulative += bounds[bound]
+        buckets.append((bucket_label(bound), cumulative))
+    return buckets
 
 
 # --- per worker process -------------------------------------------------------------------------
 
 
 class WorkerMetrics:
-    """One worker process's histograms and counters, in their own registry."""
+    """One worker process's figures (``--metrics-port``): its ``Tally`` and claim latency."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.duration = Histogram(
-            "conveyor_task_duration_seconds",
-            "How long attempts ran, by queue and task name.",
-            ["queue", "name"],
-            registry=self.registry,
-            buckets=DURATION_BUCKETS,
-        )
-        self.wait = Histogram(
-            "conveyor_task_wait_seconds",
-            "From a task's run_at to the start of its attempt, by queue.",
-            ["queue"],
-            registry=self.registry,
-            buckets=DURATION_BUCKETS,
-        )
+        self.tally = Tally()
         self.claim = Histogram(
             "conveyor_claim_latency_seconds", "How long one claim took.", registry=self.registry, buckets=CLAIM_BUCKETS
         )
-        self.attempts = Counter(
-            "conveyor_attempts",
-            "Attempts this worker finished, by queue, task name and the state they left the task in.",
-            ["queue", "name", "state"],
-            registry=self.registry,
-        )
-        self.retries = Counter(
-            "conveyor_retries",
-            "Attempts that ended in a retry, by queue and task name.",
-            ["queue", "name"],
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.registry.register(_TallyCollector(self.tally))
 
     def claimed(self, seconds: float) -> None:
         self.claim.observe(seconds)
-
-    def started(self, ct: ClaimedTask, at: float) -> None:
-        self._child(self.wait, ct.queue).observe(max(0.0, at - ct.run_at))
-
-    def finished(self, ct: ClaimedTask, seconds: float, kind: str) -> None:
-        """An attempt ended with outcome ``kind`` (``complete``, ``retry`` or ``fail``)."""
-        self._child(self.duration, ct.queue, ct.name).observe(seconds)
-        self._child(self.attempts, ct.queue, ct.name, OUTCOME_STATE.get(kind, kind)).inc()
-        if kind == "retry":
-            self._child(self.retries, ct.queue, ct.name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -171,3 +209,19 @@ class WorkerMetrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` from a daemon thread (prometheus_client's server)."""
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+class _TallyCollector(Collector):
+    """A live view of a tally (read at each scrape, from the server's thread)."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        for _ in range(3):  # the worker's loop may add a row mid-read: read again
+            try:
+                totals = self.tally.totals()
+            except RuntimeError:
+                continue
+            yield from TotalsCollector(totals).collect()
+            return

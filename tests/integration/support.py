@@ -27,6 +27,7 @@ APP_PATH = "tests.integration.tasks_app:app"
 FAST_WORKER_ENV = {
     "CONVEYOR_WORKER__LEASE_SECONDS": "3",
     "CONVEYOR_WORKER__HEARTBEAT_INTERVAL": "0.2",
+    "CONVEYOR_WORKER__METRICS_INTERVAL": "0.2",
     "CONVEYOR_WORKER__REAP_INTERVAL": "0.2",
     "CONVEYOR_WORKER__POLL_MAX": "0.05",
     "CONVEYOR_WORKER__SHUTDOWN_GRACE": "10",
@@ -82,6 +83,7 @@ def fast_settings(url: str, **worker: Any) -> Settings:
     cfg = {
         "lease_seconds": 2.0,
         "heartbeat_interval": 0.1,
+        "metrics_interval": 0.1,
         "reap_interval": 0.1,
         "poll_max": 0.05,
         "shutdown_grace": 5.0,

@@ -3,6 +3,7 @@ cluster-wide figures the API serves, checked against what the test did."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(page: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, **labels: str) -> float:
     return page.get((metric, frozenset(labels.items())), 0.0)
+
+
+def cluster_page(client: Conveyor) -> str:
+    """What ``GET /metrics`` on the API serves: the engine's stats and metric totals."""
+
+    async def read() -> bytes:
+        backend = await client.backend()
+        return cluster_metrics(await client.stats_async(), await backend.metrics_read())
+
+    return client.run_sync(read()).decode()
 
 
 def free_port() -> int:
@@ -59,7 +70,7 @@ def test_worker_and_cluster_metrics_match_what_ran(client: Conveyor, workers: Sp
     assert value(page, "conveyor_task_wait_seconds_count", queue="default") == 5 + 2 + 3
     assert value(page, "conveyor_claim_latency_seconds_count") >= 1
 
-    cluster = samples(cluster_metrics(client.stats()).decode())
+    cluster = samples(cluster_page(client))
     assert value(cluster, "conveyor_tasks", state="succeeded") == 6
     assert value(cluster, "conveyor_tasks", state="failed") == 1
     assert value(cluster, "conveyor_dlq_size") == 1
@@ -69,3 +80,36 @@ def test_worker_and_cluster_metrics_match_what_ran(client: Conveyor, workers: Sp
     assert value(cluster, "conveyor_queue_tasks", queue="idle", state="pending") == 1
     assert value(cluster, "conveyor_workers", state="offline") == 0
     assert client.get(waiting.id).state == "pending"  # the worker serves "default" only
+
+
+def test_the_cluster_page_carries_every_workers_attempt_figures(
+    client: Conveyor, workers: SpawnWorker, tmp_path: Path
+) -> None:
+    """No ``--metrics-port``: the workers add their figures to the engine, and what two
+    of them counted is still there after both stopped."""
+    first, second = (workers(concurrency=2, queues=["default"]) for _ in range(2))
+    log = str(tmp_path / "log")
+    ok = [client.submit("it.record", {"log": log, "tag": f"t{i}"}) for i in range(6)]
+    doomed = client.submit("it.always_fails", {"counter": str(tmp_path / "doomed")})  # max_retries=2
+    finished(client, *ok, doomed)
+
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        page = samples(cluster_page(client))
+        done = value(page, "conveyor_attempts_total", queue="default", name="it.always_fails", state="failed")
+        return page if done == 1 and value(page, "conveyor_task_wait_seconds_count", queue="default") == 9 else None
+
+    page = wait_until(scrape, 10, what="the engine's totals to show every attempt")
+    record = {"queue": "default", "name": "it.record"}
+    assert value(page, "conveyor_task_duration_seconds_count", **record) == 6
+    assert value(page, "conveyor_task_duration_seconds_bucket", **record, le="+Inf") == 6
+    assert value(page, "conveyor_task_duration_seconds_sum", **record) > 0
+    assert value(page, "conveyor_attempts_total", **record, state="succeeded") == 6
+    assert value(page, "conveyor_retries_total", queue="default", name="it.always_fails") == 2
+    assert value(page, "conveyor_attempts_total", queue="default", name="it.always_fails", state="retrying") == 2
+
+    for worker in (first, second):
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=30) == 0
+    after = samples(cluster_page(client))
+    assert value(after, "conveyor_task_duration_seconds_count", **record) == 6
+    assert value(after, "conveyor_retries_total", queue="default", name="it.always_fails") == 2

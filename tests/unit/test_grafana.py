@@ -64,8 +64,8 @@ async def test_every_metric_the_board_uses_is_exposed() -> None:
         created_at=0.0,
     )
     worker.claimed(0.001)
-    worker.started(ct, 1.0)
-    worker.finished(ct, 0.01, "retry")
+    worker.tally.started(ct, 1.0)
+    worker.tally.finished(ct, 0.01, "retry")
     exposed = exposed_names(cluster) | exposed_names(worker.render().decode())
 
     missing = board_names() - exposed

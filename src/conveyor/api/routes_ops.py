@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -78,7 +79,9 @@ async def purge_dlq(app: App, _: Admin, queue: QueueQ = None, name: NameQ = None
 )
 async def get_metrics(app: App, _: Reader) -> Response:
     """Prometheus text: cluster-wide figures read from the engine now (docs/observability.md)."""
-    return Response(cluster_metrics(await app.stats_async()), media_type=CONTENT_TYPE)
+    backend = await app.backend()
+    stats, totals = await asyncio.gather(app.stats_async(), backend.metrics_read())
+    return Response(cluster_metrics(stats, totals), media_type=CONTENT_TYPE)
 
 
 @router.get("/stats", tags=["ops"])

@@ -36,19 +36,19 @@ Rules every engine keeps (``tests/contract/`` checks them all, on every engine):
   ``depends_on`` parents is stored ``waiting``; the step that completes its last
   parent moves it to ``pending`` (``deps_succeeded``), and a parent that fails or is
   cancelled fails it with ``dependency_failed``, down the graph, in the same step.
-  An unknown parent id raises ``TaskNotFound`` and stores nothing.
+  An unknown parent id raises ``DependencyNotFound`` (a ``TaskNotFound``) and stores nothing.
 * A task's history starts with an ``enqueue`` entry in its initial state. Leaving
   ``running`` clears ``worker_id``, ``lease_expires_at`` and the token (the history
   keeps who ran each attempt); success clears ``error``. Replay sets ``run_at`` to
   now and clears ``result``, ``error``, ``failure_reason`` and the start/finish times.
 
-Admin listings, workers, flow control, the notification outbox and migrations are
+Admin listings, workers, flow control, the notification outbox, metric totals and migrations are
 separate small protocols; ``Backend`` is their union, and ``conveyor.backends.open_backend(url)`` builds one from a URL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -471,7 +471,34 @@ class OutboxStore(Protocol):
 
 
 @runtime_checkable
+class MetricStore(Protocol):
+    """Cluster-wide metric totals (``conveyor.metrics``): each worker adds what it measured
+    since its last flush, and ``GET /metrics`` on any API instance reads the sums. Totals
+    only grow by what is added, so they outlive the workers that measured them, and any
+    number of processes may add at once. Keys are opaque strings (at most 1,000
+    characters) the caller encodes; the engine never parses them."""
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        """Add each value to the total stored under its key (a new key starts at 0), all
+        in one atomic step; an empty mapping writes nothing."""
+        ...
+
+    async def metrics_read(self) -> dict[str, float]:
+        """Every stored total, by key."""
+        ...
+
+
+@runtime_checkable
 class Backend(
-    TaskStore, AdminStore, WorkerRegistry, WorkflowStore, FlowStore, RestoreStore, OutboxStore, Lifecycle, Protocol
+    TaskStore,
+    AdminStore,
+    WorkerRegistry,
+    WorkflowStore,
+    FlowStore,
+    RestoreStore,
+    OutboxStore,
+    MetricStore,
+    Lifecycle,
+    Protocol,
 ):
     """Everything an engine provides."""

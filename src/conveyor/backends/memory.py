@@ -22,7 +22,7 @@ import threading
 import time
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -287,6 +287,7 @@ class _Store:
         self.outbox_due: dict[int, float] = {}  # number -> when it may be claimed (again)
         self.outbox_seq = 0
         self.workflow_events: dict[str, int] = {}  # workflow id -> its undelivered event
+        self.metric_totals: dict[str, float] = {}  # MetricStore
 
     @contextmanager
     def atomic(self) -> Iterator[_Store]:
@@ -988,6 +989,18 @@ class MemoryBackend:
     async def outbox_size(self) -> int:
         with self._store.atomic() as store:
             return len(store.outbox)
+
+    # --- metric totals ---------------------------------------------------------------
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        with self._store.atomic() as store:
+            totals = store.metric_totals
+            for key, value in deltas.items():
+                totals[key] = totals.get(key, 0.0) + value
+
+    async def metrics_read(self) -> dict[str, float]:
+        with self._store.atomic() as store:
+            return dict(store.metric_totals)
 
     # --- workers ---------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -364,6 +364,15 @@ class PostgresBackend:
 
     async def outbox_size(self) -> int:
         return await self._run(outbox.size)
+
+    # --- MetricStore -----------------------------------------------------------------
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        if deltas:
+            await self._run(admin.metrics_add, sorted(deltas.items()))
+
+    async def metrics_read(self) -> dict[str, float]:
+        return await self._run(admin.metrics_read)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

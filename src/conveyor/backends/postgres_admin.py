@@ -34,6 +34,14 @@ def _filter_args(flt: TaskFilter) -> dict[str, Any]:
     return {"queue": flt.queue, "name": flt.name, "label": flt.label, "ids": ids}
 
 
+async def metrics_add(conn: Conn, deltas: Sequence[tuple[str, float]]) -> None:
+    await conn.execute(Q["metrics_add"], {"keys": [k for k, _ in deltas], "values": [v for _, v in deltas]})
+
+
+async def metrics_read(conn: Conn) -> dict[str, float]:
+    return {key: float(value) for key, value in await (await conn.execute(Q["metrics_read"])).fetchall()}
+
+
 async def worker_register(conn: Conn, info: WorkerInfo) -> None:
     await conn.execute(Q["worker_upsert"], worker_params(info))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -254,6 +254,23 @@ async def flow_list(b: RedisBackend) -> list[FlowControl]:
 
 
 # --- workers -------------------------------------------------------------------------
+
+
+async def metrics_add(b: RedisBackend, deltas: Mapping[str, float]) -> None:
+    """One hash, ``P:mt``; a MULTI makes the whole delta land at once (one key: no script)."""
+
+    async def write() -> None:
+        async with b.client.pipeline(transaction=True) as pipe:
+            for key, value in sorted(deltas.items()):
+                pipe.hincrbyfloat(b.key("mt"), key, value)
+            await pipe.execute()
+
+    await b.guarded(write)
+
+
+async def metrics_read(b: RedisBackend) -> dict[str, float]:
+    totals = await b.guarded(lambda: b.client.hgetall(b.key("mt")))
+    return {k: float(v) for k, v in totals.items()}
 
 
 async def worker_register(b: RedisBackend, info: WorkerInfo) -> None:

@@ -23,7 +23,7 @@ import asyncio
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import hiredis
@@ -416,6 +416,15 @@ class RedisBackend:
 
     async def outbox_size(self) -> int:
         return int(await self.guarded(lambda: self.client.zcard(self.key("obq"))))
+
+    # --- MetricStore -----------------------------------------------------------------
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        if deltas:
+            await admin.metrics_add(self, deltas)
+
+    async def metrics_read(self) -> dict[str, float]:
+        return await admin.metrics_read(self)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -63,7 +63,7 @@ from conveyor.backends.base import (
     check_events,
 )
 from conveyor.backends.ring import HashRing
-from conveyor.errors import ConveyorError, DependencyNotFound, InvalidInput, QueueFull, TaskNotFound
+from conveyor.errors import BackendUnavailable, ConveyorError, DependencyNotFound, InvalidInput, QueueFull, TaskNotFound
 from conveyor.features.flow import BreakerState, FlowControl, QueueUpdate, claim_key
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, WorkerInfo, WorkerState
 
@@ -594,6 +594,30 @@ class ShardedBackend:
 
     async def outbox_size(self) -> int:
         return sum(await asyncio.gather(*(shard.outbox_size() for shard in self.shards)))
+
+    # --- metric totals -------------------------------------------------------------------
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        """The whole delta to the first shard that takes it: totals are read as the sum
+        over every shard, so where a delta lands does not matter, and one shard down
+        does not hold the workers' figures back."""
+        if not deltas:
+            return
+        failure: BackendUnavailable | None = None
+        for shard in self.shards:
+            try:
+                return await shard.metrics_add(deltas)
+            except BackendUnavailable as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def metrics_read(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for part in await asyncio.gather(*(shard.metrics_read() for shard in self.shards)):
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
 
     # --- flow control --------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -390,6 +390,15 @@ class SqliteBackend:
 
     async def outbox_size(self) -> int:
         return await self._run(self.admin.outbox_size)
+
+    # --- MetricStore -----------------------------------------------------------------
+
+    async def metrics_add(self, deltas: Mapping[str, float]) -> None:
+        if deltas:
+            await self._run(self.admin.metrics_add, sorted(deltas.items()))
+
+    async def metrics_read(self) -> dict[str, float]:
+        return await self._run(self.admin.metrics_read)
 
     # --- WorkerRegistry ----------------------------------------------------------------
 

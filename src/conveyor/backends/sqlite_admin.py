@@ -56,7 +56,18 @@ class OutboxOps(Connection):
         return int(row[0])
 
 
-class AdminOps(OutboxOps):
+class MetricOps(Connection):
+    """Metric totals (``MetricStore``): additive upserts in one transaction."""
+
+    def metrics_add(self, deltas: list[tuple[str, float]]) -> None:
+        with self._write() as cur:
+            cur.executemany(Q["metrics_add"], deltas)
+
+    def metrics_read(self) -> dict[str, float]:
+        return {key: value for key, value in self.conn.execute(Q["metrics_read"])}
+
+
+class AdminOps(OutboxOps, MetricOps):
     """One method per ``AdminStore`` and ``WorkerRegistry`` operation (bar heartbeats)."""
 
     def task_restore(self, tasks: list[Task]) -> int:

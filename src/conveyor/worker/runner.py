@@ -14,7 +14,8 @@ Loops running side by side on one event loop:
 * completer: writes outcomes in batches (``worker.completer``);
 * heartbeat: refreshes the registry row and extends leases; leases the engine says
   are lost (cancelled, reaped) stop their attempts;
-* reaper: returns lapsed leases of dead workers to ``pending``.
+* reaper: returns lapsed leases of dead workers to ``pending``;
+* metrics: adds what the attempt tally counted to the engine's totals (``GET /metrics``).
 
 Shutdown (SIGTERM/SIGINT or ``stop()``): stop claiming, give in-flight attempts
 ``shutdown_grace`` seconds, release what is left (unstarted ones without counting an
@@ -56,6 +57,7 @@ from conveyor.logs import worker_id_var
 from conveyor.models import ClaimedTask, TaskError, WorkerInfo, WorkerState, to_dt
 from conveyor.notify import run_notifier
 from conveyor.retry import decide
+from conveyor.tally import Tally
 from conveyor.worker.completer import Completer
 from conveyor.worker.pools import Pool, make_pool
 from conveyor.worker.scheduler import Scheduler
@@ -85,7 +87,7 @@ class WorkerOptions:
     app_path: str | None = None
     install_signals: bool = False
     scheduler: bool | None = None  # fire the app's schedules (default: settings.worker.scheduler)
-    metrics: WorkerMetrics | None = None  # record histograms (``conveyor worker --metrics-port``)
+    metrics: WorkerMetrics | None = None  # serve this process's figures (``conveyor worker --metrics-port``)
     notify: bool = True  # deliver notifications when ``settings.notifications`` has targets
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}")
 
@@ -124,6 +126,7 @@ class Worker:
         self._pool: Pool | None = None
         self._completer: Completer | None = None
         self._metrics = self.opts.metrics
+        self.tally = self._metrics.tally if self._metrics is not None else Tally()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class Worker:
             asyncio.create_task(self._completer.run(), name="completer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="reaper"),
+            asyncio.create_task(self._metrics_loop(), name="metrics"),
         ]
         run_scheduler = self.cfg.scheduler if self.opts.scheduler is None else self.opts.scheduler
         if run_scheduler and self.app.schedules:
@@ -269,16 +273,13 @@ class Worker:
                 if self._stopping:
                     return  # never started: released (refunded) at shutdown
                 attempt.started = True
-                metrics = self._metrics
-                if metrics is not None:
-                    metrics.started(ct, time.time())
+                self.tally.started(ct, time.time())
                 began = time.perf_counter()
                 outcome = await (self._execute_traced(ct) if self._tracing else self._execute(ct))
                 seconds = time.perf_counter() - began
                 avg = self._run_avg
                 self._run_avg = seconds if avg is None else avg + _RUN_WEIGHT * (seconds - avg)
-                if metrics is not None:
-                    metrics.finished(ct, seconds, outcome.kind)
+                self.tally.finished(ct, seconds, outcome.kind)
                 if outcome.kind != "complete" or log.isEnabledFor(logging.DEBUG):
                     _log_outcome(ct, outcome, seconds)
             assert self._completer is not None
@@ -367,6 +368,24 @@ class Worker:
             except Exception:  # a bug must not silently stop lease renewal
                 log.exception("heartbeat crashed; retrying at the next interval")
 
+    async def _flush_metrics(self) -> None:
+        """Add what the tally counted since the last flush to the engine's totals."""
+        assert self._backend is not None
+        deltas = self.tally.unsent()
+        if deltas:
+            await self._backend.metrics_add(deltas)
+            self.tally.sent(deltas)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.metrics_interval)
+            try:
+                await self._flush_metrics()
+            except ConveyorError as exc:
+                log.warning("metrics flush failed (kept for the next one): %s", exc)
+            except Exception:
+                log.exception("metrics flush crashed; retrying at the next interval")
+
     async def _reaper_loop(self) -> None:
         assert self._backend is not None
         while True:
@@ -400,6 +419,10 @@ class Worker:
             t.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await self._completer.flush()
+        try:
+            await self._flush_metrics()
+        except ConveyorError as exc:
+            log.warning("last metrics flush failed; this worker's latest figures are lost: %s", exc)
         leases = [Lease(a.claimed.id, a.claimed.lease_token, refund=not a.started) for a in leftovers]
         if leases:
             released = await self._backend.task_release(ReleaseParams(self.id, leases))

@@ -39,6 +39,7 @@
 --                        n name, s state, a attempt, at time, dl deliveries, dn done
 --                        targets (JSON), r result JSON, e error JSON
 --   P:obw         hash   workflow id -> its undelivered workflow.finished event id
+--   P:mt          hash   metric totals (MetricStore: written by redis_admin, no script)
 
 local P, now -- KEYS[1] and ARGV[1] of the running call
 local ALL, DLQ, RUN, RB, FIN, FLOW, QUEUES, WAKE

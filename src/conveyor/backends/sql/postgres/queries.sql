@@ -705,3 +705,13 @@ WITH parents AS MATERIALIZED (
 )
 UPDATE tasks SET has_dependents = true
 WHERE id IN (SELECT id FROM parents) AND NOT has_dependents;
+
+-- name: metrics_add
+-- MetricStore: every delta in one statement, keys in order (two workers adding the same
+-- keys lock them in the same order, so they cannot deadlock).
+INSERT INTO metric_totals AS m (key, value)
+SELECT * FROM unnest(%(keys)s::text[], %(values)s::float8[])
+ON CONFLICT (key) DO UPDATE SET value = m.value + excluded.value;
+
+-- name: metrics_read
+SELECT key, value FROM metric_totals;

@@ -538,6 +538,13 @@ UPDATE outbox SET next_at = ?, leased_until = 0, done = ? WHERE id = ?;
 -- name: outbox_size
 SELECT count(*) FROM outbox;
 
+-- name: metrics_add
+INSERT INTO metric_totals (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = value + excluded.value;
+
+-- name: metrics_read
+SELECT key, value FROM metric_totals;
+
 -- name: restore_task
 -- task_restore: one exported task exactly as it was (sqlite_rows.restore_row); a
 -- stored id or idempotency key makes it a no-op, and then nothing is returned.
