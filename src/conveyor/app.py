@@ -25,9 +25,9 @@ from conveyor import states, tracing
 from conveyor.backends import make_backend
 from conveyor.backends.base import Backend, CancelParams, EnqueueParams, ListParams, TaskFilter
 from conveyor.config import Settings, load_settings
-from conveyor.errors import FeatureUnavailable, InvalidInput, InvalidStateTransition, TaskNotFound, UnknownTask
+from conveyor.errors import InvalidInput, InvalidStateTransition, TaskNotFound, UnknownTask
 from conveyor.features.explain import Explanation, explain_task
-from conveyor.features.flow import FlowControl, QueueUpdate
+from conveyor.features.flow import FlowControl, QueueUpdate, check_update
 from conveyor.features.limits import check_task_options, configured_updates
 from conveyor.ids import new_id, new_ids
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, TaskSpec, WorkerInfo
@@ -60,6 +60,8 @@ class Conveyor:
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = {}
         self._portal: asyncio.AbstractEventLoop | None = None
         self._portal_lock = threading.Lock()
+        self._bounds: dict[str, int] = self.settings.max_lengths()
+        self._bounds_until = 0.0  # time.monotonic() when the engine's bounds are read again
         make_backend(self.url)  # validate the URL now, not on first use
 
     # --- registry ------------------------------------------------------------------
@@ -338,7 +340,7 @@ class Conveyor:
             for task_id, raw in zip(ids[1:], args_list[1:], strict=True):
                 new.append(shape.task(task_id, _as_args(raw), first.run_at, first.depends_on, None))
             backend = await self.backend()
-            done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
+            done = await backend.task_enqueue_many(EnqueueParams(new, await self.max_lengths_async(backend)))
         return [TaskHandle(self, e.id, created=e.created) for e in done]
 
     def submit_many(
@@ -353,7 +355,7 @@ class Conveyor:
         with _gc_paused(len(specs)), tracing.submit_span(self.settings.tracing, specs[0].name, len(specs)):
             new = self._build_many(specs, time.time())
             backend = await self.backend()
-            done = await backend.task_enqueue_many(EnqueueParams(new, self.settings.max_lengths()))
+            done = await backend.task_enqueue_many(EnqueueParams(new, await self.max_lengths_async(backend)))
             return [TaskHandle(self, e.id, created=e.created) for e in done]
 
     def enqueue_many(self, specs: Sequence[TaskSpec]) -> list[TaskHandle]:
@@ -370,11 +372,22 @@ class Conveyor:
         # the one-task path skips what only pays off for a batch (shapes, GC pause, span)
         task = self.build(spec, time.time(), new_id())
         backend = self._backends.get(asyncio.get_running_loop()) or await self.backend()
-        (done,) = await backend.task_enqueue_many(EnqueueParams([task], self.settings.max_lengths()))
+        bounds = self._bounds if time.monotonic() < self._bounds_until else await self.max_lengths_async(backend)
+        (done,) = await backend.task_enqueue_many(EnqueueParams([task], bounds))
         return TaskHandle(self, done.id, created=done.created)
 
     def submit(self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None) -> TaskHandle:
         return self.run_sync(self.submit_async(name, args, opts))
+
+    async def max_lengths_async(self, backend: Backend | None = None) -> dict[str, int]:
+        """Each bounded queue's ``max_length``: config's, overridden by those set at run
+        time (``PATCH /queues``), which are read from the engine at most every
+        ``BOUNDS_TTL`` seconds, so a new bound reaches every submitter within that."""
+        if time.monotonic() >= self._bounds_until:
+            stored = await (backend or await self.backend()).queue_bounds()
+            self._bounds = {**self.settings.max_lengths(), **stored}
+            self._bounds_until = time.monotonic() + BOUNDS_TTL
+        return self._bounds
 
     # --- workflows ------------------------------------------------------------------------
 
@@ -391,7 +404,7 @@ class Conveyor:
         with tracing.submit_span(self.settings.tracing, "workflow", len(spec.nodes)):
             tasks, _ = plan(workflow_id, spec, lambda s: self.build(s, now))
             backend = await self.backend()
-            done = await backend.task_enqueue_many(EnqueueParams(tasks, self.settings.max_lengths()))
+            done = await backend.task_enqueue_many(EnqueueParams(tasks, await self.max_lengths_async(backend)))
         if all(e.created for e in done):
             return await self.get_workflow_async(workflow_id)
         # a node's idempotency key named an existing task: that task stands for the node
@@ -495,19 +508,25 @@ class Conveyor:
         max_length: int | None = None,
         clear: Sequence[str] = (),
     ) -> QueueInfo:
-        """``PATCH /queues/{name}``: change one queue's flow settings; returns its info.
-        ``clear`` names settings to remove (``rate_limit``, ``concurrency``, ``paused``).
-        ``max_length`` is a submitter setting (``queues.NAME.max_length`` in config)."""
-        if max_length is not None:
-            raise FeatureUnavailable(
-                "max_length is set in config (queues.NAME.max_length), not at run time", feature="max_length"
-            )
-        update = QueueUpdate(
-            name, paused=paused, rate_limit=rate_limit, concurrency=concurrency, reset=frozenset(clear)
-        )
-        await self.flow_update_async(update)
+        """``PATCH /queues/{name}``: change one queue's settings; returns its info.
+        ``clear`` names settings to remove (``rate_limit``, ``concurrency``, ``paused``,
+        ``max_length``: back to config's bound, if any)."""
+        backend = await self.backend()
+        reset = frozenset(clear) - {"max_length"}
+        if paused is not None or rate_limit is not None or concurrency is not None or reset:
+            update = QueueUpdate(name, paused=paused, rate_limit=rate_limit, concurrency=concurrency, reset=reset)
+            check_update(update)  # nothing is stored if any part is bad
+        else:
+            update = None
+        if max_length is not None or "max_length" in clear:
+            await backend.queue_bound_set(name, max_length)
+            self._bounds_until = 0.0  # this process applies it from its next submit
+        if update is not None:
+            await self.flow_update_async(update)
         infos = {q.name: q for q in await self.queues_async()}
-        return infos.get(name) or QueueInfo(name=name, paused=bool(paused))
+        return infos.get(name) or QueueInfo(
+            name=name, paused=bool(paused), max_length=(await self.max_lengths_async(backend)).get(name)
+        )
 
     async def flow_controls_async(self) -> list[FlowControl]:
         """Every queue and task name with flow settings or an open breaker."""
@@ -545,7 +564,13 @@ class Conveyor:
         return self.run_sync(self.workers_async())
 
     async def queues_async(self) -> list[QueueInfo]:
-        return await (await self.backend()).queue_list()
+        """Every queue, with the ``max_length`` its submits are held to."""
+        backend = await self.backend()
+        infos = await backend.queue_list()
+        bounds = await self.max_lengths_async(backend)
+        for info in infos:
+            info.max_length = bounds.get(info.name, info.max_length)
+        return infos
 
     def queues(self) -> list[QueueInfo]:
         return self.run_sync(self.queues_async())
@@ -575,6 +600,7 @@ class Conveyor:
 
 
 _NO_OPTIONS = SubmitOptions()
+BOUNDS_TTL = 2.0  # seconds a submitter keeps the engine's queue bounds
 _OPTION_NAMES = tuple(SubmitOptions.__dataclass_fields__)
 
 

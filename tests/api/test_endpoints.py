@@ -174,6 +174,31 @@ async def test_patch_queue_pauses_and_limits(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()["paused"] is False  # null removes the setting
 
 
+async def test_patch_queue_max_length_bounds_submits_at_once_and_null_restores_config(
+    make_app: AppFactory, client_for: Any
+) -> None:
+    async with client_for(make_app(queues={"small": {"max_length": 3}})) as client:
+        r = await client.patch("/queues/small", json={"max_length": 1}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["max_length"] == 1
+        await submit(client, queue="small")
+        assert_error(await client.post("/tasks", json={"name": "a", "queue": "small"}, headers=ADMIN), 503, "QueueFull")
+        listed = (await client.get("/queues", headers=ADMIN)).json()
+        assert [q["max_length"] for q in listed if q["name"] == "small"] == [1]
+
+        for bad in (0, -1, "many", 2**31):
+            r = await client.patch("/queues/small", json={"max_length": bad}, headers=ADMIN)
+            assert_error(r, 422, "ValidationError")
+        r = await client.patch("/queues/small", json={"max_length": None}, headers=ADMIN)
+        assert r.status_code == 200 and r.json()["max_length"] == 3  # back to config's bound
+        await submit(client, queue="small")
+        await submit(client, queue="small")
+        assert_error(await client.post("/tasks", json={"name": "a", "queue": "small"}, headers=ADMIN), 503, "QueueFull")
+
+        r = await client.patch("/queues/fresh", json={"max_length": 5}, headers=ADMIN)  # a queue with no tasks yet
+        assert r.status_code == 200 and r.json()["max_length"] == 5
+
+
 async def test_explain_says_why_a_task_waits(client: httpx.AsyncClient) -> None:
     task = await submit(client, delay=3600)
     r = await client.get(f"/tasks/{task['id']}/explain", headers=ADMIN)

@@ -125,8 +125,13 @@ def test_cli_talks_to_a_remote_api(tmp_path: Path) -> None:
         assert json.loads(paused.stdout)["paused"] is True
         resumed = run("queues", "emails", "--resume", "--rate-limit", "none", "--json")
         assert json.loads(resumed.stdout)["paused"] is False
+        bounded = run("queues", "emails", "--max-length", "7", "--json")
+        assert bounded.returncode == 0, bounded.stderr
+        assert json.loads(bounded.stdout)["max_length"] == 7
         listed = json.loads(run("queues", "--json").stdout)
         assert [q["paused"] for q in listed if q["name"] == "emails"] in ([], [False])
+        unbounded = run("queues", "emails", "--max-length", "none", "--json")
+        assert json.loads(unbounded.stdout)["max_length"] is None
         task_level = run("queues", "email.send", "--task", "--concurrency", "2")
         assert task_level.returncode == 2 and "--url" in task_level.stderr
         assert not (tmp_path / "must-not-be-used.db").exists()

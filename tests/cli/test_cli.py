@@ -230,6 +230,19 @@ def test_stats_queues_and_workers_json(cli: Cli) -> None:
     assert "mail" in cli("stats").stdout and "mail" in cli("queues").stdout
 
 
+def test_queue_max_length_set_at_run_time_refuses_submits_beyond_it(cli: Cli) -> None:
+    info = cli.json("queues", "mail", "--max-length", "1")
+    assert info["name"] == "mail" and info["max_length"] == 1
+    cli.submit("job.x", "--queue", "mail")
+    refused = cli("submit", "job.x", "--queue", "mail", code=1)
+    assert "full" in one_error_line(refused)
+    assert [q["max_length"] for q in cli.json("queues")] == [1]
+    assert cli.json("queues", "mail", "--max-length", "none")["max_length"] is None
+    cli.submit("job.x", "--queue", "mail")
+    assert "--max-length" in one_error_line(cli("queues", "mail", "--max-length", "0", code=2))
+    assert "--task" in one_error_line(cli("queues", "job.x", "--task", "--max-length", "3", code=2))
+
+
 def test_worker_runs_tasks_and_dead_letters_can_be_replayed_and_purged(cli: Cli, worker: subprocess.Popen[str]) -> None:
     ok = cli.json("submit", "t.double", "--args", '{"x": 21}', "--app", "cli_tasks:app")
     booms = [cli.submit("t.boom", "--args", json.dumps({"n": n})) for n in range(3)]

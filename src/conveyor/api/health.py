@@ -24,13 +24,14 @@ async def check_health(app: Conveyor) -> Health:
     try:
         stats = await app.stats_async()
         workers = await app.workers_async()
+        bounds = await app.max_lengths_async()
     except Exception as exc:  # any failure to answer is the verdict, not a 500
         log.warning("health: backend did not answer: %s: %s", type(exc).__name__, exc)
         return Health(
             status="unhealthy",
             checks={"backend": Check(status="fail", detail=f"backend did not answer ({type(exc).__name__})")},
         )
-    return assess(stats, workers, app.settings.max_lengths())
+    return assess(stats, workers, bounds)
 
 
 def assess(stats: Stats, workers: list[WorkerInfo], max_lengths: dict[str, int] | None = None) -> Health:

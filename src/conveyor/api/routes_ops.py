@@ -31,8 +31,8 @@ async def list_queues(app: App, _: Reader) -> list[QueueInfo]:
 
 @router.patch("/queues/{name}", tags=["queues"])
 async def update_queue(name: QueueName, patch: QueuePatch, app: App, _: Admin) -> QueueInfo:
-    """Pause or resume a queue, or change its rate and concurrency limits (cluster-wide);
-    a field given as ``null`` removes that limit."""
+    """Pause or resume a queue, or change its rate and concurrency limits or its
+    ``max_length`` (cluster-wide); a field given as ``null`` removes that limit."""
     given = patch.model_dump(exclude_unset=True)
     clear = [field for field, value in given.items() if value is None]
     values = {field: value for field, value in given.items() if value is not None}

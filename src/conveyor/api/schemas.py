@@ -49,15 +49,16 @@ class Purged(BaseModel):
 
 
 class QueuePatch(BaseModel):
-    """``PATCH /queues/{name}``: pause or resume, and flow limits; absent fields stay as they
-    are and ``null`` removes a limit (JSON merge-patch style). (``max_length`` is a submitter
-    setting: ``queues.NAME.max_length`` in config.)"""
+    """``PATCH /queues/{name}``: pause or resume, flow limits and the queue's bound; absent
+    fields stay as they are and ``null`` removes a limit (JSON merge-patch style; a
+    ``max_length`` removed falls back to config's ``queues.NAME.max_length``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     paused: bool | None = None
     rate_limit: str | None = Field(default=None, max_length=50, examples=["100/s"])
     concurrency: int | None = Field(default=None, ge=1)
+    max_length: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class Check(BaseModel):

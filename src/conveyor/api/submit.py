@@ -179,7 +179,7 @@ class SubmitBatcher:
                     fut.set_result(result)
 
     async def _enqueue(self, backend: Backend, tasks: Sequence[NewTask]) -> list[Enqueued]:
-        return await backend.task_enqueue_many(EnqueueParams(tasks, self.conveyor.settings.max_lengths()))
+        return await backend.task_enqueue_many(EnqueueParams(tasks, await self.conveyor.max_lengths_async(backend)))
 
 
 def _fail(batch: Sequence[tuple[NewTask, asyncio.Future[Enqueued]]], exc: BaseException) -> None:

@@ -25,7 +25,7 @@ Rules every engine keeps (``tests/contract/`` checks them all, on every engine):
   ``attempts`` and sets ``started_at``, ``worker_id`` and ``lease_expires_at``.
 * ``idempotency_key`` is unique per queue among stored tasks: a repeat submit
   returns the first task's id with ``created=False`` and writes nothing.
-* ``max_length`` (per queue, from the submitter's config) bounds the number of
+* ``max_length`` (per queue, from the submitter's config or ``queue_bounds``) bounds the number of
   unfinished tasks in a queue; a batch that would exceed it raises ``QueueFull`` and
   stores none of its tasks.
 * A lapsed lease (``lease_expires_at`` < now while ``running``) returns the task to
@@ -242,6 +242,15 @@ class ListParams:
 OUTBOX_EVENTS = ("task.succeeded", "task.failed", "task.dead_lettered", "workflow.finished")
 
 
+def check_bound(queue: str, max_length: int | None) -> None:
+    """``InvalidInput`` unless ``max_length`` is None or a whole number of tasks from 1
+    (to 2**31 - 1, what every engine stores)."""
+    if max_length is None:
+        return
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length < 2**31:
+        raise InvalidInput(f"max_length of queue {queue!r} must be a whole number from 1, got {max_length!r}")
+
+
 def check_events(events: frozenset[str]) -> None:
     """``InvalidInput`` naming any event that is not in ``OUTBOX_EVENTS``."""
     unknown = events - set(OUTBOX_EVENTS)
@@ -422,6 +431,16 @@ class FlowStore(Protocol):
     async def task_ahead(self, task_id: str) -> int:
         """How many ``pending`` tasks of its queue come before this one in claim order
         (without aging); 0 if it is not pending."""
+        ...
+
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        """Store a queue's ``max_length`` set at run time (``PATCH /queues``), or remove
+        it (None). Submitters read these (``queue_bounds``) and pass them, with their
+        config's, in ``EnqueueParams.max_length``, where the engine enforces them."""
+        ...
+
+    async def queue_bounds(self) -> dict[str, int]:
+        """Every stored ``max_length``, by queue."""
         ...
 
 

@@ -45,6 +45,7 @@ from conveyor.backends.base import (
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_bound,
     check_events,
 )
 from conveyor.errors import DependencyNotFound, InvalidInput, QueueFull, TaskExists, TaskNotFound
@@ -288,6 +289,7 @@ class _Store:
         self.outbox_seq = 0
         self.workflow_events: dict[str, int] = {}  # workflow id -> its undelivered event
         self.metric_totals: dict[str, float] = {}  # MetricStore
+        self.bounds: dict[str, int] = {}  # max_length set at run time, by queue
 
     @contextmanager
     def atomic(self) -> Iterator[_Store]:
@@ -989,6 +991,20 @@ class MemoryBackend:
     async def outbox_size(self) -> int:
         with self._store.atomic() as store:
             return len(store.outbox)
+
+    # --- queue bounds ----------------------------------------------------------------
+
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        check_bound(queue, max_length)
+        with self._store.atomic() as store:
+            if max_length is None:
+                store.bounds.pop(queue, None)
+            else:
+                store.bounds[queue] = max_length
+
+    async def queue_bounds(self) -> dict[str, int]:
+        with self._store.atomic() as store:
+            return dict(store.bounds)
 
     # --- metric totals ---------------------------------------------------------------
 

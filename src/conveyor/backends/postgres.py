@@ -60,6 +60,7 @@ from conveyor.backends.base import (
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_bound,
     check_events,
 )
 from conveyor.backends.postgres_listen import Listener
@@ -364,6 +365,13 @@ class PostgresBackend:
 
     async def outbox_size(self) -> int:
         return await self._run(outbox.size)
+
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        check_bound(queue, max_length)
+        await self._run(admin.queue_bound_set, queue, max_length)
+
+    async def queue_bounds(self) -> dict[str, int]:
+        return await self._run(admin.queue_bounds)
 
     # --- MetricStore -----------------------------------------------------------------
 

@@ -34,6 +34,17 @@ def _filter_args(flt: TaskFilter) -> dict[str, Any]:
     return {"queue": flt.queue, "name": flt.name, "label": flt.label, "ids": ids}
 
 
+async def queue_bound_set(conn: Conn, queue: str, max_length: int | None) -> None:
+    if max_length is None:
+        await conn.execute(Q["bound_drop"], (queue,))
+    else:
+        await conn.execute(Q["bound_set"], (queue, max_length))
+
+
+async def queue_bounds(conn: Conn) -> dict[str, int]:
+    return {queue: int(bound) for queue, bound in await (await conn.execute(Q["bounds"])).fetchall()}
+
+
 async def metrics_add(conn: Conn, deltas: Sequence[tuple[str, float]]) -> None:
     await conn.execute(Q["metrics_add"], {"keys": [k for k, _ in deltas], "values": [v for _, v in deltas]})
 

@@ -256,6 +256,18 @@ async def flow_list(b: RedisBackend) -> list[FlowControl]:
 # --- workers -------------------------------------------------------------------------
 
 
+async def queue_bound_set(b: RedisBackend, queue: str, max_length: int | None) -> None:
+    if max_length is None:
+        await b.guarded(lambda: b.client.hdel(b.key("bounds"), queue))
+    else:
+        await b.guarded(lambda: b.client.hset(b.key("bounds"), queue, max_length))
+
+
+async def queue_bounds(b: RedisBackend) -> dict[str, int]:
+    bounds = await b.guarded(lambda: b.client.hgetall(b.key("bounds")))
+    return {queue: int(bound) for queue, bound in bounds.items()}
+
+
 async def metrics_add(b: RedisBackend, deltas: Mapping[str, float]) -> None:
     """One hash, ``P:mt``; a MULTI makes the whole delta land at once (one key: no script)."""
 

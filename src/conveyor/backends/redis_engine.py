@@ -59,6 +59,7 @@ from conveyor.backends.base import (
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_bound,
     check_events,
 )
 from conveyor.backends.codec import dump, outbox_event
@@ -416,6 +417,13 @@ class RedisBackend:
 
     async def outbox_size(self) -> int:
         return int(await self.guarded(lambda: self.client.zcard(self.key("obq"))))
+
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        check_bound(queue, max_length)
+        await admin.queue_bound_set(self, queue, max_length)
+
+    async def queue_bounds(self) -> dict[str, int]:
+        return await admin.queue_bounds(self)
 
     # --- MetricStore -----------------------------------------------------------------
 

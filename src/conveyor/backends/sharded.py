@@ -627,6 +627,20 @@ class ShardedBackend:
         await asyncio.gather(*(shard.queue_update(update) for shard in self.shards[1:]))
         return control
 
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        """On every shard, like the other settings (shard 0 validates it first)."""
+        await self.shards[0].queue_bound_set(queue, max_length)
+        await asyncio.gather(*(shard.queue_bound_set(queue, max_length) for shard in self.shards[1:]))
+
+    async def queue_bounds(self) -> dict[str, int]:
+        """Shard 0's bounds, filled in from the others for a queue it lacks (a set that
+        failed half way)."""
+        merged: dict[str, int] = {}
+        for bounds in await asyncio.gather(*(shard.queue_bounds() for shard in self.shards)):
+            for queue, bound in bounds.items():
+                merged.setdefault(queue, bound)
+        return merged
+
     async def flow_list(self) -> list[FlowControl]:
         """One control per key: the settings are alike on every shard; the live state
         shown is the most tripped shard's (an open breaker anywhere shows as open)."""

@@ -46,6 +46,7 @@ from conveyor.backends.base import (
     ReleaseParams,
     TaskFilter,
     WaitParams,
+    check_bound,
     check_events,
 )
 from conveyor.backends.sqlite_admin import AdminOps
@@ -390,6 +391,13 @@ class SqliteBackend:
 
     async def outbox_size(self) -> int:
         return await self._run(self.admin.outbox_size)
+
+    async def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        check_bound(queue, max_length)
+        await self._run(self.admin.queue_bound_set, queue, max_length)
+
+    async def queue_bounds(self) -> dict[str, int]:
+        return await self._run(self.admin.queue_bounds)
 
     # --- MetricStore -----------------------------------------------------------------
 

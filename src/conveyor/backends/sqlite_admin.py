@@ -67,7 +67,21 @@ class MetricOps(Connection):
         return {key: value for key, value in self.conn.execute(Q["metrics_read"])}
 
 
-class AdminOps(OutboxOps, MetricOps):
+class BoundOps(Connection):
+    """Queue bounds set at run time (``FlowStore.queue_bound_set``)."""
+
+    def queue_bound_set(self, queue: str, max_length: int | None) -> None:
+        with self._write() as cur:
+            if max_length is None:
+                cur.execute(Q["bound_drop"], (queue,))
+            else:
+                cur.execute(Q["bound_set"], (queue, max_length))
+
+    def queue_bounds(self) -> dict[str, int]:
+        return {queue: int(bound) for queue, bound in self.conn.execute(Q["bounds"])}
+
+
+class AdminOps(OutboxOps, MetricOps, BoundOps):
     """One method per ``AdminStore`` and ``WorkerRegistry`` operation (bar heartbeats)."""
 
     def task_restore(self, tasks: list[Task]) -> int:

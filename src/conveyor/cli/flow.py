@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from conveyor.cli.common import JsonOpt, UrlOpt, connect, out, print_json
+from conveyor.cli.render import queues_table
 from conveyor.errors import InvalidInput
 from conveyor.features.flow import FlowControl, Kind, QueueUpdate
 from conveyor.models import to_dt
@@ -108,6 +109,18 @@ def queue_settings(
     return QueueUpdate(name, kind, paused=paused, rate_limit=rate, concurrency=limit, reset=frozenset(reset))
 
 
+def parse_bound(max_length: str | None) -> tuple[bool, int | None]:
+    """``--max-length N`` or ``none``: (given, bound); ``none`` removes a bound set at run time."""
+    if max_length is None:
+        return False, None
+    text = max_length.strip().lower()
+    if text in _OFF:
+        return True, None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"invalid --max-length {max_length!r}: expected a whole number >= 1, or 'none'")
+    return True, int(text)
+
+
 def apply_queue_settings(url: str | None, update: QueueUpdate, as_json: bool) -> None:
     with connect(url) as app:
         control = app.flow_update(update)
@@ -115,3 +128,26 @@ def apply_queue_settings(url: str | None, update: QueueUpdate, as_json: bool) ->
         print_json(control)
     else:
         out.print(limits_table([control]))
+
+
+def apply_queue_bound(
+    url: str | None, name: str, update: QueueUpdate | None, max_length: int | None, as_json: bool
+) -> None:
+    """``conveyor queues NAME --max-length N|none [...]``: the bound and any other change in
+    one ``queue_update`` (what ``PATCH /queues`` does); prints the queue's row."""
+    change = update or QueueUpdate(name)
+    with connect(url) as app:
+        info = app.run_sync(
+            app.queue_update_async(
+                name,
+                paused=change.paused,
+                rate_limit=change.rate_limit,
+                concurrency=change.concurrency,
+                max_length=max_length,
+                clear=[*change.reset, *([] if max_length is not None else ["max_length"])],
+            )
+        )
+    if as_json:
+        print_json(info)
+    else:
+        out.print(queues_table([info]))

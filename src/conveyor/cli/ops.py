@@ -67,6 +67,10 @@ def queues(
     resume: Annotated[bool, typer.Option("--resume", help="Let claims take from it again.")] = False,
     rate_limit: Annotated[str | None, typer.Option(help="Claims at most, e.g. 100/s, 5/m; 'none' clears.")] = None,
     concurrency: Annotated[str | None, typer.Option(help="Running tasks at most; 'none' clears.")] = None,
+    max_length: Annotated[
+        str | None,
+        typer.Option(help="Unfinished tasks at most (submits beyond: QueueFull); 'none' clears (back to config)."),
+    ] = None,
     task: Annotated[bool, typer.Option("--task", help="NAME is a task name, not a queue.")] = False,
     reset_breaker: Annotated[bool, typer.Option("--reset-breaker", help="Close the task's breaker.")] = False,
     url: UrlOpt = None,
@@ -86,12 +90,18 @@ def queues(
             concurrency=concurrency,
             reset_breaker=reset_breaker,
         )
-        if update is None:
-            raise InvalidInput("nothing to change: give --pause, --resume, --rate-limit or --concurrency")
+        bound_given, bound = flow.parse_bound(max_length)
+        if update is None and not bound_given:
+            raise InvalidInput("nothing to change: give --pause, --resume, --rate-limit, --concurrency or --max-length")
+        if bound_given and task:
+            raise InvalidInput("--max-length bounds a queue, not a task name: drop --task")
         if api:
-            _remote_queue_update(api, token, update, as_json)
-            return
-        flow.apply_queue_settings(url, update, as_json)
+            _remote_queue_update(api, token, name, update, as_json, (bound_given, bound))
+        elif bound_given:
+            flow.apply_queue_bound(url, name, update, bound, as_json)
+        else:
+            assert update is not None
+            flow.apply_queue_settings(url, update, as_json)
         return
     with open_client(url, api, token) as app:
         result = app.queues()
@@ -101,18 +111,28 @@ def queues(
         out.print(queues_table(result) if result else "no queues yet")
 
 
-def _remote_queue_update(api: str, token: str | None, update: QueueUpdate, as_json: bool) -> None:
+def _remote_queue_update(
+    api: str,
+    token: str | None,
+    name: str,
+    update: QueueUpdate | None,
+    as_json: bool,
+    bound: tuple[bool, int | None],
+) -> None:
     """``PATCH /queues/{name}`` for ``conveyor queues NAME ... --api``: the API changes queues only."""
-    if update.kind != "queue" or "breaker" in update.reset:
+    change = update or QueueUpdate(name)
+    if change.kind != "queue" or "breaker" in change.reset:
         raise InvalidInput("--task and --reset-breaker change task-name controls: use --url (the API changes queues)")
-    changes: dict[str, Any] = dict.fromkeys(sorted(update.reset))
+    changes: dict[str, Any] = dict.fromkeys(sorted(change.reset))
     for field in ("paused", "rate_limit", "concurrency"):
-        if getattr(update, field) is not None:
-            changes[field] = getattr(update, field)
+        if getattr(change, field) is not None:
+            changes[field] = getattr(change, field)
+    if bound[0]:
+        changes["max_length"] = bound[1]
     from conveyor.client import Client
 
     with Client(api, token) as client:
-        info = client.queue_update(update.name, changes)
+        info = client.queue_update(name, changes)
     if as_json:
         print_json(info)
     else:

@@ -40,6 +40,7 @@
 --                        targets (JSON), r result JSON, e error JSON
 --   P:obw         hash   workflow id -> its undelivered workflow.finished event id
 --   P:mt          hash   metric totals (MetricStore: written by redis_admin, no script)
+--   P:bounds      hash   queue -> max_length set at run time (read by submitters)
 
 local P, now -- KEYS[1] and ARGV[1] of the running call
 local ALL, DLQ, RUN, RB, FIN, FLOW, QUEUES, WAKE

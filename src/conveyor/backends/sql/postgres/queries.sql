@@ -715,3 +715,13 @@ ON CONFLICT (key) DO UPDATE SET value = m.value + excluded.value;
 
 -- name: metrics_read
 SELECT key, value FROM metric_totals;
+
+-- name: bound_set
+INSERT INTO queue_bounds (queue, max_length) VALUES (%s, %s)
+ON CONFLICT (queue) DO UPDATE SET max_length = excluded.max_length;
+
+-- name: bound_drop
+DELETE FROM queue_bounds WHERE queue = %s;
+
+-- name: bounds
+SELECT queue, max_length FROM queue_bounds;

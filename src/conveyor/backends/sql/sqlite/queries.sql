@@ -555,3 +555,13 @@ INSERT OR IGNORE INTO tasks (
     history, workflow_id, workflow_key, headers
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 RETURNING queue, state, priority;
+
+-- name: bound_set
+INSERT INTO queue_bounds (queue, max_length) VALUES (?, ?)
+ON CONFLICT (queue) DO UPDATE SET max_length = excluded.max_length;
+
+-- name: bound_drop
+DELETE FROM queue_bounds WHERE queue = ?;
+
+-- name: bounds
+SELECT queue, max_length FROM queue_bounds;

@@ -1,0 +1,3 @@
+-- Queue bounds set at run time (PATCH /queues/{name} {"max_length": N}). Submitters
+-- read them, with their config's, and the enqueue enforces them as it does those.
+CREATE TABLE queue_bounds (queue text PRIMARY KEY, max_length integer NOT NULL);
