@@ -128,7 +128,7 @@ class ApiConfig(BaseModel):
     access_log: bool = True
 
 
-NotifyEvent = Literal["task.succeeded", "task.failed", "task.dead_lettered", "workflow.finished"]
+NotifyEvent = Literal["task.succeeded", "task.failed", "task.dead_lettered", "task.cancelled", "workflow.finished"]
 
 
 class _Target(BaseModel):

@@ -141,6 +141,28 @@ async def test_a_workflow_finishes_when_its_last_task_does_even_if_cancelled(bac
     assert [(e.event, e.workflow_id) for e in await _drain(backend)] == [("workflow.finished", wf2)]
 
 
+async def test_a_cancel_records_task_cancelled_before_the_workflow_it_finishes(backend: Backend) -> None:
+    await backend.outbox_subscribe(ALL)
+    queued, running = await submit(backend, delay=3600), await submit(backend)
+    claimed = await claim_one(backend)
+    assert claimed.id == running
+    await backend.task_cancel(CancelParams(task_id=queued))
+    await backend.task_cancel(CancelParams(task_id=running))
+    events = await _drain(backend)
+    assert _summary(events) == [
+        ("task.cancelled", queued, State.CANCELLED),
+        ("task.cancelled", running, State.CANCELLED),
+    ]
+    wf = new_id()
+    await enqueue(backend, new_task(workflow_id=wf, workflow_key="x", delay=3600))
+    (only,) = await backend.workflow_get(wf)
+    await backend.task_cancel(CancelParams(task_id=only.id))
+    assert [(e.event, e.workflow_id) for e in await _drain(backend)] == [
+        ("task.cancelled", wf),
+        ("workflow.finished", wf),
+    ]
+
+
 async def test_two_last_nodes_finishing_in_one_batch_finish_the_workflow_once(backend: Backend) -> None:
     await backend.outbox_subscribe(frozenset({"workflow.finished"}))
     wf = new_id()

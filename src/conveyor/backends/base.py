@@ -236,10 +236,10 @@ class ListParams:
 #: Task events an engine can record in its outbox (SPEC §9), in the step that causes them:
 #: ``task.succeeded`` (the task reached ``succeeded``), ``task.failed`` (an attempt
 #: ended in failure: the task left ``running`` for ``retrying`` or ``failed``),
-#: ``task.dead_lettered`` (the task reached ``failed``, whatever the reason) and
-#: ``workflow.finished`` (the last unfinished task of a workflow finished; once per
-#: workflow).
-OUTBOX_EVENTS = ("task.succeeded", "task.failed", "task.dead_lettered", "workflow.finished")
+#: ``task.dead_lettered`` (the task reached ``failed``, whatever the reason),
+#: ``task.cancelled`` (the task reached ``cancelled``) and ``workflow.finished`` (the
+#: last unfinished task of a workflow finished; once per workflow).
+OUTBOX_EVENTS = ("task.succeeded", "task.failed", "task.dead_lettered", "task.cancelled", "workflow.finished")
 
 
 def check_bound(queue: str, max_length: int | None) -> None:

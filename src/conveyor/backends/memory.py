@@ -348,6 +348,8 @@ class _Store:
             self._add_event("task.failed", row, now)
         if new is State.FAILED and "task.dead_lettered" in subs:
             self._add_event("task.dead_lettered", row, now)
+        if new is State.CANCELLED and "task.cancelled" in subs:
+            self._add_event("task.cancelled", row, now)
         wid = row.workflow_id
         if (
             wid is not None

@@ -120,6 +120,7 @@ local function record(id, t, old, new)
     add_event("task.failed", id, t, f)
   end
   if new == "failed" and subscribed["task.dead_lettered"] then add_event("task.dead_lettered", id, t, f) end
+  if new == "cancelled" and subscribed["task.cancelled"] then add_event("task.cancelled", id, t, f) end
   local wf = f[1]
   if wf and TERMINAL[new] and subscribed["workflow.finished"] and redis.call("HEXISTS", OBW, wf) == 0
      and workflow_done(wf) then
