@@ -6,9 +6,9 @@ Three sources, because they answer different questions:
   cluster, and ``GET /metrics`` on the API serves it, so a scrape is right however
   many workers and API instances run. From one ``stats()`` call: tasks per state,
   queue depth per band and state, workers per state, the DLQ, open breakers.
-  ``conveyor_tasks_submitted_total`` and ``conveyor_tasks_finished_total`` count the
-  tasks the engine holds: a DLQ purge lowers them, which Prometheus reads as a
-  counter reset.
+  ``conveyor_tasks_submitted_total`` and ``conveyor_tasks_finished_total`` are the
+  task counts plus what DLQ purges and replays took away (``PURGED_KEY``,
+  ``REPLAYED_KEY``, which the engine adds to in those steps), so they never go down.
 * From the engine's metric totals (``MetricStore``): how long attempts ran, how long
   tasks waited from ``run_at`` to their start, attempt outcomes and retries, by queue
   and task name. Each worker counts them in a ``Tally`` and adds what is new to the
@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest, sta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from conveyor.backends.base import PURGED_KEY, REPLAYED_KEY
 from conveyor.models import Stats
 from conveyor.priority import Band
 from conveyor.states import TERMINAL, State
@@ -47,8 +48,9 @@ CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class ClusterCollector(Collector):
     """Metric families built from one ``Stats`` snapshot (see the module docstring)."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, totals: dict[str, float] | None = None) -> None:
         self.stats = stats
+        self.totals = totals or {}
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -57,12 +59,16 @@ class ClusterCollector(Collector):
             tasks.add_metric([state.value], s.counts.get(state.value, 0))
         yield tasks
 
-        submitted = CounterMetricFamily("conveyor_tasks_submitted", "Tasks the engine holds (every state).")
-        submitted.add_metric([], sum(s.counts.values()))
+        # Tasks only leave the store, or a final state, by a DLQ purge or replay: adding
+        # back what those took keeps both counters monotonic.
+        purged, replayed = self.totals.get(PURGED_KEY, 0.0), self.totals.get(REPLAYED_KEY, 0.0)
+        submitted = CounterMetricFamily("conveyor_tasks_submitted", "Tasks submitted (stored, or since purged).")
+        submitted.add_metric([], sum(s.counts.values()) + purged)
         yield submitted
-        finished = CounterMetricFamily("conveyor_tasks_finished", "Finished tasks the engine holds.", labels=["state"])
+        finished = CounterMetricFamily("conveyor_tasks_finished", "Tasks that reached a final state.", labels=["state"])
         for state in sorted(TERMINAL, key=lambda st: st.value):
-            finished.add_metric([state.value], s.counts.get(state.value, 0))
+            gone = purged + replayed if state is State.FAILED else 0.0
+            finished.add_metric([state.value], s.counts.get(state.value, 0) + gone)
         yield finished
 
         depth = GaugeMetricFamily(
@@ -105,7 +111,7 @@ def cluster_metrics(stats: Stats, totals: dict[str, float] | None = None) -> byt
     """The Prometheus text of one ``Stats`` snapshot and the engine's metric totals (what
     ``GET /metrics`` serves)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(stats))
+    registry.register(ClusterCollector(stats, totals))
     registry.register(TotalsCollector(totals or {}))
     return generate_latest(registry)
 

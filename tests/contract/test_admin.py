@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from conveyor.backends.base import Backend, CancelParams, ListParams, ReapParams, TaskFilter
+from conveyor.backends.base import PURGED_KEY, REPLAYED_KEY, Backend, CancelParams, ListParams, ReapParams, TaskFilter
 from conveyor.errors import TaskNotFound
 from conveyor.ids import new_id
 from conveyor.states import TRANSITIONS, FailureReason, State
@@ -127,6 +127,21 @@ async def test_purge_deletes_only_failed_tasks_matching_the_filter(backend: Back
     assert {t.id for t in await all_tasks(backend)} == {kept_queue, alive, cancelled}
     assert await backend.task_purge(TaskFilter()) == 1
     assert (await backend.stats()).dlq_size == 0
+
+
+async def test_purge_and_replay_count_what_they_take_in_the_metric_totals(backend: Backend) -> None:
+    """``/metrics`` adds these back, so its task counters never go down."""
+    await backend.task_purge(TaskFilter())
+    await backend.task_replay(TaskFilter())
+    assert (await backend.metrics_read()).get(PURGED_KEY, 0) == 0  # nothing matched: nothing added
+    for _ in range(3):
+        await _dead(backend, queue="x")
+    await _dead(backend, queue="y")
+    assert await backend.task_replay(TaskFilter(queue="y")) == 1
+    assert await backend.task_purge(TaskFilter(queue="x")) == 3
+    await backend.metrics_add({"other": 1.0})
+    totals = await backend.metrics_read()
+    assert (totals[PURGED_KEY], totals[REPLAYED_KEY], totals["other"]) == (3, 1, 1)
 
 
 async def test_purge_frees_the_idempotency_key(backend: Backend) -> None:

@@ -7,9 +7,12 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor.metrics import TotalsCollector, WorkerMetrics
-from conveyor.models import ClaimedTask
+from conveyor import Conveyor
+from conveyor.backends.base import ClaimParams, Outcome, TaskFilter
+from conveyor.metrics import TotalsCollector, WorkerMetrics, cluster_metrics
+from conveyor.models import ClaimedTask, TaskError
 from conveyor.retry import RetryPolicy
+from conveyor.states import FailureReason
 from conveyor.tally import DURATION_BUCKETS, Tally, metric_key
 
 
@@ -131,3 +134,35 @@ def test_the_worker_port_serves_its_tally_and_claim_latency() -> None:
         "conveyor_task_wait_seconds_bucket",
         "conveyor_attempts_total",
     } <= names
+
+
+async def test_task_counters_never_go_down_through_purges_and_replays() -> None:
+    app = Conveyor("memory://monotonic-counters")
+    backend = await app.backend()
+    for _ in range(3):
+        await app.submit_async("doomed", {})
+    claimed = (await backend.task_claim(ClaimParams("w1", 3, 30.0))).tasks
+    error = TaskError(type="ValueError", message="boom", traceback="", retryable=False)
+    fails = [
+        Outcome(c.id, c.lease_token, "fail", error=error, failure_reason=FailureReason.PERMANENT_ERROR) for c in claimed
+    ]
+    await backend.task_finish_many(fails)
+
+    async def page() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = cluster_metrics(await app.stats_async(), await backend.metrics_read()).decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+    failed = ("conveyor_tasks_finished_total", frozenset({("state", "failed")}))
+    submitted = ("conveyor_tasks_submitted_total", frozenset())
+    before = await page()
+    assert (before[submitted], before[failed]) == (3, 3)
+    await app.dlq_replay_async(TaskFilter(ids=[claimed[0].id]))
+    await app.dlq_purge_async(TaskFilter(ids=[claimed[1].id]))
+    after = await page()
+    assert (after[submitted], after[failed]) == (3, 3)
+    assert after[("conveyor_tasks", frozenset({("state", "failed")}))] == 1
+    await app.aclose()

@@ -489,13 +489,22 @@ class OutboxStore(Protocol):
         ...
 
 
+#: Totals an engine adds to itself, in the step that causes them: dead letters purged
+#: (deleted) and replayed (moved out of ``failed``). With them, ``/metrics`` derives
+#: monotonic ``conveyor_tasks_submitted_total`` and ``conveyor_tasks_finished_total``
+#: from the task counts, though those two operations take tasks away.
+PURGED_KEY = '["purged",[],""]'
+REPLAYED_KEY = '["replayed",[],""]'
+
+
 @runtime_checkable
 class MetricStore(Protocol):
     """Cluster-wide metric totals (``conveyor.metrics``): each worker adds what it measured
     since its last flush, and ``GET /metrics`` on any API instance reads the sums. Totals
     only grow by what is added, so they outlive the workers that measured them, and any
     number of processes may add at once. Keys are opaque strings (at most 1,000
-    characters) the caller encodes; the engine never parses them."""
+    characters) the caller encodes; the engine never parses them, and adds to two of
+    its own (``PURGED_KEY``, ``REPLAYED_KEY``)."""
 
     async def metrics_add(self, deltas: Mapping[str, float]) -> None:
         """Add each value to the total stored under its key (a new key starts at 0), all

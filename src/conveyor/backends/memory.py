@@ -30,6 +30,8 @@ from typing import Any
 
 from conveyor import states
 from conveyor.backends.base import (
+    PURGED_KEY,
+    REPLAYED_KEY,
     CancelParams,
     Claim,
     ClaimParams,
@@ -943,7 +945,9 @@ class MemoryBackend:
 
     async def task_replay(self, flt: TaskFilter) -> int:
         with self._store.atomic() as store:
-            return store.replay(flt)
+            n = store.replay(flt)
+            store.metric_totals[REPLAYED_KEY] = store.metric_totals.get(REPLAYED_KEY, 0.0) + n
+            return n
 
     async def task_restore(self, tasks: Sequence[Task]) -> int:
         with self._store.atomic() as store:
@@ -951,7 +955,9 @@ class MemoryBackend:
 
     async def task_purge(self, flt: TaskFilter) -> int:
         with self._store.atomic() as store:
-            return store.purge(flt)
+            n = store.purge(flt)
+            store.metric_totals[PURGED_KEY] = store.metric_totals.get(PURGED_KEY, 0.0) + n
+            return n
 
     async def queue_list(self) -> list[QueueInfo]:
         with self._store.atomic() as store:

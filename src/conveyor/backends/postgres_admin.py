@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from conveyor import states
 from conveyor.backends import postgres_flow
-from conveyor.backends.base import ListParams, TaskFilter
+from conveyor.backends.base import PURGED_KEY, REPLAYED_KEY, ListParams, TaskFilter
 from conveyor.backends.postgres_rows import restore_rows, task_from_row, worker_from_row, worker_params
 from conveyor.backends.sqlfiles import load_queries
 from conveyor.errors import TaskNotFound
@@ -95,6 +95,7 @@ async def task_replay(conn: Conn, flt: TaskFilter, channel: str) -> int:
         queues = [row[0] for row in await cur.fetchall()]
         if queues:
             await cur.execute(Q["notify_queues"], {"queues": queues, "channel": channel})
+            await cur.execute(Q["metrics_add"], {"keys": [REPLAYED_KEY], "values": [len(queues)]})
     return len(queues)
 
 
@@ -104,7 +105,10 @@ async def task_purge(conn: Conn, flt: TaskFilter) -> int:
         await conn.execute(Q["make_durable"], {"durable": "on"})
         cur = await conn.execute(Q["purge"], _filter_args(flt))
         row = await cur.fetchone()
-    return 0 if row is None else int(row[0])
+        purged = 0 if row is None else int(row[0])
+        if purged:
+            await conn.execute(Q["metrics_add"], {"keys": [PURGED_KEY], "values": [purged]})
+    return purged
 
 
 async def task_restore(conn: Conn, tasks: Sequence[Task], channel: str) -> int:

@@ -11,7 +11,15 @@ from typing import Any
 
 from conveyor import states
 from conveyor.backends import sqlite_flow
-from conveyor.backends.base import ListParams, OutboxClaimParams, OutboxEvent, OutboxSettle, TaskFilter
+from conveyor.backends.base import (
+    PURGED_KEY,
+    REPLAYED_KEY,
+    ListParams,
+    OutboxClaimParams,
+    OutboxEvent,
+    OutboxSettle,
+    TaskFilter,
+)
 from conveyor.backends.codec import dump, dump_list, outbox_event
 from conveyor.backends.sqlite_ops import Connection, Q
 from conveyor.backends.sqlite_rows import restore_row, stamp, task_from_row, worker_from_row, worker_row
@@ -145,6 +153,8 @@ class AdminOps(OutboxOps, MetricOps, BoundOps):
             query = Q["replay"] if flt.ids is None else Q["replay_by_ids"]
             now = time.time()
             count = cur.execute(query, _filter_args(flt) | {"now": now, "at": stamp(now)}).rowcount
+            if count > 0:
+                cur.execute(Q["metrics_add"], (REPLAYED_KEY, count))
         if count > 0:
             self.notify()
         return max(count, 0)
@@ -156,6 +166,7 @@ class AdminOps(OutboxOps, MetricOps, BoundOps):
             ids = [task_id for (task_id,) in cur.execute(query, _filter_args(flt)).fetchall()]
             if ids:
                 cur.execute(Q["purge_deps"], {"ids": dump(ids)})
+                cur.execute(Q["metrics_add"], (PURGED_KEY, len(ids)))
         return len(ids)
 
     def queue_list(self) -> list[QueueInfo]:

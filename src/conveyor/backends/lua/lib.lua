@@ -39,7 +39,8 @@
 --                        n name, s state, a attempt, at time, dl deliveries, dn done
 --                        targets (JSON), r result JSON, e error JSON
 --   P:obw         hash   workflow id -> its undelivered workflow.finished event id
---   P:mt          hash   metric totals (MetricStore: written by redis_admin, no script)
+--   P:mt          hash   metric totals (MetricStore: written by redis_admin, no script;
+--                        purge and replay add to PURGED_KEY and REPLAYED_KEY)
 --   P:bounds      hash   queue -> max_length set at run time (read by submitters)
 
 local P, now -- KEYS[1] and ARGV[1] of the running call
@@ -47,6 +48,8 @@ local ALL, DLQ, RUN, RB, FIN, FLOW, QUEUES, WAKE
 local OBS, OBQ, OBN, OBW
 local woken, quiet, subscribed -- queues to wake, whether to, the outbox subscriptions
 local INF = 1 / 0
+-- conveyor.backends.base.PURGED_KEY / REPLAYED_KEY (a contract test reads them back)
+local PURGED_KEY, REPLAYED_KEY = '["purged",[],""]', '["replayed",[],""]'
 local ACTIVE_STATES = {"waiting", "scheduled", "pending", "running", "retrying"}
 
 local function init(keys, argv)

@@ -15,4 +15,5 @@ for i = 2, #ARGV do
     n = n + 1
   end
 end
+if n > 0 then redis.call("HINCRBYFLOAT", P .. ":mt", PURGED_KEY, n) end
 return n

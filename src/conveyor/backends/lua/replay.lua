@@ -12,5 +12,6 @@ for i = 2, #ARGV do
     n = n + 1
   end
 end
+if n > 0 then redis.call("HINCRBYFLOAT", P .. ":mt", REPLAYED_KEY, n) end
 publish()
 return n
