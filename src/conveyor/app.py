@@ -383,8 +383,16 @@ class Conveyor:
         """Each bounded queue's ``max_length``: config's, overridden by those set at run
         time (``PATCH /queues``), which are read from the engine at most every
         ``BOUNDS_TTL`` seconds, so a new bound reaches every submitter within that."""
-        if time.monotonic() >= self._bounds_until:
-            stored = await (backend or await self.backend()).queue_bounds()
+        now = time.monotonic()
+        if now >= self._bounds_until:
+            stale = self._bounds_until > 0.0  # 0: never read, or just changed here: all wait
+            if stale:  # one read at a time: submits arriving meanwhile keep these bounds
+                self._bounds_until = now + BOUNDS_TTL
+            try:
+                stored = await (backend or await self.backend()).queue_bounds()
+            except BaseException:
+                self._bounds_until = 0.0
+                raise
             self._bounds = {**self.settings.max_lengths(), **stored}
             self._bounds_until = time.monotonic() + BOUNDS_TTL
         return self._bounds

@@ -253,7 +253,7 @@ async def flow_list(b: RedisBackend) -> list[FlowControl]:
     return sorted(controls, key=lambda c: c.key)
 
 
-# --- workers -------------------------------------------------------------------------
+# --- queue bounds and metric totals ------------------------------------------------
 
 
 async def queue_bound_set(b: RedisBackend, queue: str, max_length: int | None) -> None:
@@ -283,6 +283,9 @@ async def metrics_add(b: RedisBackend, deltas: Mapping[str, float]) -> None:
 async def metrics_read(b: RedisBackend) -> dict[str, float]:
     totals = await b.guarded(lambda: b.client.hgetall(b.key("mt")))
     return {k: float(v) for k, v in totals.items()}
+
+
+# --- workers -------------------------------------------------------------------------
 
 
 async def worker_register(b: RedisBackend, info: WorkerInfo) -> None:
