@@ -34,7 +34,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -156,9 +156,13 @@ class Worker:
         )
         loops = [
             asyncio.create_task(self._completer.run(), name="completer"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(
+                self._every(self.cfg.heartbeat_interval, self._heartbeat, "heartbeat"), name="heartbeat"
+            ),
             asyncio.create_task(self._reaper_loop(), name="reaper"),
-            asyncio.create_task(self._metrics_loop(), name="metrics"),
+            asyncio.create_task(
+                self._every(self.cfg.metrics_interval, self._flush_metrics, "metrics flush"), name="metrics"
+            ),
         ]
         run_scheduler = self.cfg.scheduler if self.opts.scheduler is None else self.opts.scheduler
         if run_scheduler and self.app.schedules:
@@ -358,15 +362,17 @@ class Worker:
                 log.info("task %s: lease lost (cancelled or expired); stopping it", task_id)
                 attempt.task.cancel()
 
-    async def _heartbeat_loop(self) -> None:
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``step`` every ``interval`` seconds until cancelled; a failure is logged and
+        the next interval tries again (a bug must not silently stop lease renewal)."""
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_interval)
+            await asyncio.sleep(interval)
             try:
-                await self._heartbeat()
+                await step()
             except ConveyorError as exc:
-                log.warning("heartbeat failed: %s", exc)
-            except Exception:  # a bug must not silently stop lease renewal
-                log.exception("heartbeat crashed; retrying at the next interval")
+                log.warning("%s failed (tried again next time): %s", what, exc)
+            except Exception:
+                log.exception("%s crashed; retrying at the next interval", what)
 
     async def _flush_metrics(self) -> None:
         """Add what the tally counted since the last flush to the engine's totals."""
@@ -375,16 +381,6 @@ class Worker:
         if deltas:
             await self._backend.metrics_add(deltas)
             self.tally.sent(deltas)
-
-    async def _metrics_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.metrics_interval)
-            try:
-                await self._flush_metrics()
-            except ConveyorError as exc:
-                log.warning("metrics flush failed (kept for the next one): %s", exc)
-            except Exception:
-                log.exception("metrics flush crashed; retrying at the next interval")
 
     async def _reaper_loop(self) -> None:
         assert self._backend is not None
@@ -421,7 +417,7 @@ class Worker:
         await self._completer.flush()
         try:
             await self._flush_metrics()
-        except ConveyorError as exc:
+        except Exception as exc:  # figures must never stand in the way of releasing tasks
             log.warning("last metrics flush failed; this worker's latest figures are lost: %s", exc)
         leases = [Lease(a.claimed.id, a.claimed.lease_token, refund=not a.started) for a in leftovers]
         if leases:
