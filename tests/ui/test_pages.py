@@ -242,6 +242,14 @@ async def test_admin_pauses_resumes_and_limits_a_queue(ui: UiClient) -> None:
     assert_html(bad_rate, 400)
     assert_html(await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "explode"}), 400)
     assert_html(await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "limits", "concurrency": "-1"}), 400)
+    bounded = {"csrf": csrf, "op": "limits", "rate_limit": "", "concurrency": "", "max_length": "40"}
+    assert (await admin.post("/ui/queues/emails", data=bounded)).status_code == 303
+    assert "max 40" in (await admin.get("/ui/queues")).text
+    queues = (await admin.get("/queues", headers=auth("admin"))).json()
+    assert [q["max_length"] for q in queues if q["name"] == "emails"] == [40]
+    assert_html(await admin.post("/ui/queues/emails", data={**bounded, "max_length": "0"}), 400)
+    await admin.post("/ui/queues/emails", data={**bounded, "max_length": ""})
+    assert "max 40" not in (await admin.get("/ui/queues")).text
 
 
 async def test_without_tokens_the_dashboard_is_open_but_forms_still_need_csrf(make_app: AppFactory) -> None:

@@ -98,7 +98,14 @@ async def update_queue(request: Request, viewer: Viewer) -> Response:
         rate = params.text(form, "rate_limit")
         concurrency = params.integer(form, "concurrency", 1, 1_000_000, None)
         reset = frozenset(k for k, v in (("rate_limit", rate), ("concurrency", concurrency)) if v is None)
-        await app.flow_update_async(QueueUpdate(name, rate_limit=rate, concurrency=concurrency, reset=reset))
+        if "max_length" in form:  # an empty field removes a bound set at run time (config's applies)
+            max_length = params.integer(form, "max_length", 1, 2**31 - 1, None)
+            clear = [*reset, *(["max_length"] if max_length is None else [])]
+            await app.queue_update_async(
+                name, rate_limit=rate, concurrency=concurrency, max_length=max_length, clear=clear
+            )
+        else:
+            await app.flow_update_async(QueueUpdate(name, rate_limit=rate, concurrency=concurrency, reset=reset))
         done = "limits"
     else:
         raise UiError(400, "missing 'op': pause, resume or limits")
