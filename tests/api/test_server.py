@@ -158,3 +158,57 @@ def test_hash_token_prints_a_config_entry(tmp_path: Path) -> None:
     )
     assert r.returncode == 0
     assert "sha256: " in r.stdout and "s3cret" not in r.stdout and "role: admin" in r.stdout
+
+
+WORK_MODULE = """
+from conveyor import Conveyor
+
+app = Conveyor()
+
+
+@app.task(name="e2e.add")
+def add(x: int, y: int) -> int:
+    return x + y
+"""
+
+
+def test_a_scrape_of_the_api_shows_what_a_separate_worker_ran(tmp_path: Path) -> None:
+    """The operator's view end to end: tasks posted to ``conveyor api``, run by a
+    ``conveyor worker`` process (no ``--metrics-port``), counted on the API's /metrics."""
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    (tmp_path / "e2e_tasks.py").write_text(WORK_MODULE)
+    env = env_for(url, CONVEYOR_WORKER__METRICS_INTERVAL="0.2", PYTHONPATH=str(tmp_path))
+    with api_process(url, tmp_path) as base:
+        headers = {"Authorization": f"Bearer {TOKENS['admin']}"}
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            [*CONVEYOR, "worker", "--app", "e2e_tasks:app"], env=env, cwd=tmp_path, stdout=log, stderr=log
+        )
+        try:
+            for i in range(4):
+                assert (
+                    httpx.post(
+                        f"{base}/tasks", json={"name": "e2e.add", "args": {"x": i, "y": 1}}, headers=headers
+                    ).status_code
+                    == 201
+                )
+            later = httpx.post(f"{base}/tasks", json={"name": "e2e.add", "delay": 3600}, headers=headers).json()
+            assert httpx.delete(f"{base}/tasks/{later['id']}", headers=headers).status_code == 200
+
+            def scrape() -> str | None:
+                text = httpx.get(f"{base}/metrics", headers=headers, timeout=5).text
+                done = 'conveyor_task_duration_seconds_count{name="e2e.add",queue="default"} 4.0' in text
+                return text if done else None
+
+            deadline = time.monotonic() + 20
+            while (text := scrape()) is None:
+                assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+                time.sleep(0.1)
+            assert 'conveyor_attempts_total{name="e2e.add",queue="default",state="succeeded"} 4.0' in text
+            assert 'conveyor_task_wait_seconds_count{queue="default"} 4.0' in text
+            assert 'conveyor_tasks_finished_total{state="cancelled"} 1.0' in text
+            assert "conveyor_tasks_submitted_total 5.0" in text
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            log.close()
