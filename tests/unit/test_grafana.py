@@ -26,11 +26,18 @@ def exposed_names(text: str) -> set[str]:
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def board_names() -> set[str]:
+API_JOB = re.compile(r'\b(conveyor_[a-z_]+)\{job="conveyor-api"\}')
+
+
+def board_exprs() -> list[str]:
     board = json.loads(BOARD.read_text())
     exprs = [t["expr"] for panel in board["panels"] for t in panel.get("targets", [])]
     assert exprs, "the board has no queries"
-    return {name for expr in exprs for name in METRIC.findall(expr)}
+    return exprs
+
+
+def board_names() -> set[str]:
+    return {name for expr in board_exprs() for name in METRIC.findall(expr)}
 
 
 async def test_every_metric_the_board_uses_is_exposed() -> None:
@@ -45,8 +52,6 @@ async def test_every_metric_the_board_uses_is_exposed() -> None:
     await app.submit_async("some.task", {"x": 2})
     stats = await app.stats_async()
     assert stats.open_breakers == ["some.task"]
-    cluster = cluster_metrics(stats).decode()
-
     worker = WorkerMetrics()
     ct = ClaimedTask(
         id="t1",
@@ -66,10 +71,15 @@ async def test_every_metric_the_board_uses_is_exposed() -> None:
     worker.claimed(0.001)
     worker.tally.started(ct, 1.0)
     worker.tally.finished(ct, 0.01, "retry")
-    exposed = exposed_names(cluster) | exposed_names(worker.render().decode())
+    await backend.metrics_add(worker.tally.unsent())  # what the worker's flush does
+    cluster = exposed_names(cluster_metrics(stats, await backend.metrics_read()).decode())
+    exposed = cluster | exposed_names(worker.render().decode())
 
     missing = board_names() - exposed
     assert not missing, f"the Grafana board queries metrics nothing exposes: {sorted(missing)}"
+    from_api = {name for expr in board_exprs() for name in API_JOB.findall(expr)}
+    assert from_api, "the board reads no attempt figures from the API job"
+    assert not from_api - cluster, f"the board reads from the API what it does not serve: {sorted(from_api - cluster)}"
 
 
 def test_prometheus_config_scrapes_the_api_and_the_workers() -> None:
