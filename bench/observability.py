@@ -4,8 +4,9 @@
     python bench/observability.py --url postgresql://localhost/test --runs 3
 
 Throughput: the ``throughput`` measurement of ``conveyor.bench`` (20,000 no-op tasks
-drained by 2 worker processes), run alternately with everything off and with
-everything on: JSON logs at INFO, per-process Prometheus histograms served, and
+drained by 2 worker processes), run alternately with everything off (but the attempt
+tally every worker keeps and adds to the engine once a second) and with everything
+on: JSON logs at INFO, per-process Prometheus histograms served, and
 notifications: a webhook subscribed to ``task.succeeded``, so every task records an
 outbox event in its completion step and the workers deliver it, signed, to a local
 receiver while they run (``--webhook-batch`` events per request, default 100; 1 sends
