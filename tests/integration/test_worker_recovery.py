@@ -117,7 +117,8 @@ def test_ctrl_c_in_a_terminal_shuts_down_gracefully_for_every_pool(
     os.killpg(worker.pid, signal.SIGINT)
     assert worker.wait(15) == 0, worker.output()
     task = client.get(handle.id)
-    assert (task.state, task.attempts, task.result) == (State.SUCCEEDED, 1, "woke up")
+    seen = (task.state, task.attempts, task.result)
+    assert seen == (State.SUCCEEDED, 1, "woke up"), (seen, task.history, worker.output()[-3000:])
 
 
 def test_second_signal_exits_at_once(client: Conveyor, workers: SpawnWorker, marks: Path) -> None:
