@@ -185,6 +185,8 @@ async def test_patch_queue_max_length_bounds_submits_at_once_and_null_restores_c
         assert_error(await client.post("/tasks", json={"name": "a", "queue": "small"}, headers=ADMIN), 503, "QueueFull")
         listed = (await client.get("/queues", headers=ADMIN)).json()
         assert [q["max_length"] for q in listed if q["name"] == "small"] == [1]
+        health = (await client.get("/health", headers=ADMIN)).json()
+        assert health["checks"]["queues"]["status"] == "warn" and "small (1/1)" in health["checks"]["queues"]["detail"]
 
         for bad in (0, -1, "many", 2**31):
             r = await client.patch("/queues/small", json={"max_length": bad}, headers=ADMIN)
