@@ -1,9 +1,10 @@
 """``Conveyor``: the task registry and the client API (submit, get, cancel, replay, stats).
 
 One async implementation per operation; the sync methods are thin wrappers that run
-it on a private event-loop thread (the "portal"), so sync code never pays for a new
-loop per call. Each event loop gets its own backend instance (engines bind
-connections to a loop); instances on the same URL share the same stored state.
+it on the app's one sync event loop (``conveyor.portal``), driven by the calling
+thread, so sync code pays neither for a new loop nor for a thread switch per call.
+Each event loop gets its own backend instance (engines bind connections to a loop);
+instances on the same URL share the same stored state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -31,6 +33,7 @@ from conveyor.features.flow import FlowControl, QueueUpdate, check_update
 from conveyor.features.limits import check_task_options, configured_updates
 from conveyor.ids import new_id, new_ids
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, TaskSpec, WorkerInfo
+from conveyor.portal import Portal
 from conveyor.priority import PriorityRule, parse_priority, resolve_priority
 from conveyor.retry import RetryPolicy
 from conveyor.schedules import CatchUp, Schedule, make_schedule
@@ -58,7 +61,7 @@ class Conveyor:
         }
         self._backends: dict[asyncio.AbstractEventLoop, Backend] = {}
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = {}
-        self._portal: asyncio.AbstractEventLoop | None = None
+        self._portal: Portal | None = None
         self._portal_lock = threading.Lock()
         self._bounds: dict[str, int] = self.settings.max_lengths()
         self._bounds_until = 0.0  # time.monotonic() when the engine's bounds are read again
@@ -192,16 +195,14 @@ class Conveyor:
             await backend.close()
 
     def close(self) -> None:
-        """Close the portal loop and its backend (sync code's counterpart of ``aclose``)."""
+        """Close the sync loop's backend and the loop (sync code's counterpart of ``aclose``)."""
         with self._portal_lock:
             portal, self._portal = self._portal, None
-        if portal is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.aclose(), portal).result()
-        portal.call_soon_threadsafe(portal.stop)
+        if portal is not None and portal.pid == os.getpid():
+            portal.close(self.aclose())
 
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the portal loop and wait; refused inside a running loop."""
+        """Run ``coro`` on the sync loop and wait; refused inside a running loop."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -209,14 +210,17 @@ class Conveyor:
         else:
             coro.close()
             raise RuntimeError("sync Conveyor call inside a running event loop: use the *_async method")
-        return asyncio.run_coroutine_threadsafe(coro, self._portal_loop()).result()
+        return self._sync_portal().run(coro)
 
-    def _portal_loop(self) -> asyncio.AbstractEventLoop:
+    def _sync_portal(self) -> Portal:
+        portal = self._portal
+        if portal is not None and portal.pid == os.getpid():
+            return portal
         with self._portal_lock:
-            if self._portal is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="conveyor-portal", daemon=True).start()
-                self._portal = loop
+            if self._portal is None or self._portal.pid != os.getpid():
+                if self._portal is not None:  # forked: the parent's loop and connections are not ours
+                    self._backends.pop(self._portal.loop, None)
+                self._portal = Portal()
             return self._portal
 
     # --- submit ------------------------------------------------------------------------

@@ -127,11 +127,19 @@ def resolve_path(path: str) -> str:
     return str(Path(path).resolve())
 
 
-def connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Open the file with the settings concurrent processes rely on."""
+def connect(path: str, busy_timeout_ms: int, *, any_thread: bool = False) -> sqlite3.Connection:
+    """Open the file with the settings concurrent processes rely on; ``any_thread`` for
+    a connection used on an event loop, which sync callers drive in their own threads
+    (one at a time, see ``conveyor.portal``)."""
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise BackendUnavailable(f"SQLite {sqlite3.sqlite_version} is too old: Conveyor needs 3.35 or newer")
-    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, cached_statements=256)
+    conn = sqlite3.connect(
+        path,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        cached_statements=256,
+        check_same_thread=not any_thread,
+    )
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -238,7 +246,7 @@ class SqliteBackend:
             # A second connection, used on the loop thread, that never waits for the
             # write lock: a short submit skips the hop to the connection thread (the
             # largest cost of a one-by-one submit) and falls back to it when busy.
-            fast = connect(self.path, 0)
+            fast = connect(self.path, 0, any_thread=True)
             # Checkpoints copy the WAL into the file and fsync: never on the loop thread.
             # The connection thread runs one every FAST_CHECKPOINT_EVERY fast commits.
             fast.execute("PRAGMA wal_autocheckpoint=0")
