@@ -1,13 +1,15 @@
 """The portal: one event loop that runs every sync call of a ``Conveyor`` app.
 
-The loop has no thread of its own. A sync caller runs ("drives") it in the caller's
-own thread until its call is done, so a call costs no thread switch: a loop thread
-costs two per call (hand over, hand back), about 100 µs, more than the rest of a
-one-by-one submit to Redis. While one thread drives, sync callers in other threads
-hand their calls to the loop and wait; the driver's loop runs them alongside its own,
-and when the driver's call is done, a waiter whose call is not takes over. So calls
-from many threads still overlap on the loop's connections, and one thread at a time
-uses them.
+A sync call with the loop to itself runs ("drives") the loop in the caller's own
+thread, so it costs no thread switch: a loop thread costs two per call (hand over,
+hand back), about 100 µs, more than the rest of a one-by-one submit to Redis.
+
+Calls that arrive while the loop is driven are handed to it and run alongside, and
+their callers wait for their own result. When the driving caller's call is done and
+handed calls are still running, a helper thread drives the loop until they are all
+done, and the next call to find the loop free drives it again itself. So calls from
+many threads overlap on the loop's connections exactly as on a loop thread, and one
+thread at a time uses them.
 """
 
 from __future__ import annotations
@@ -17,76 +19,102 @@ import os
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
 
 class PortalClosed(RuntimeError):
-    """The app was closed while a sync call waited for its turn."""
+    """A sync call on an app that was closed."""
 
 
 class Portal:
-    """An event loop driven in turn by the threads that call it (see the module docstring)."""
+    """An event loop driven by its callers, or by a helper thread while calls handed to
+    it are unfinished (see the module docstring)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.pid = os.getpid()  # a forked child must not drive its parent's loop
-        self._turn = threading.Condition()
-        self._driven = False
+        self._lock = threading.Condition(threading.Lock())
+        self._driver: Literal["caller", "helper"] | None = None
+        self._handed = 0  # handed calls not yet done
+        self._helper: threading.Thread | None = None
         self._closed = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and return its result (or raise its exception)."""
-        with self._turn:
+        handed: Future[T] | None = None
+        with self._lock:
             if self._closed:
                 coro.close()
-                raise PortalClosed("this Conveyor app's sync portal is closed")
-            handed: Future[T] | None = None
-            if self._driven:  # another thread drives: its loop runs this call too
-                handed = asyncio.run_coroutine_threadsafe(coro, self.loop)
-                handed.add_done_callback(self._wake)
-            else:
-                self._driven = True
-        if handed is None:
-            try:
-                return self.loop.run_until_complete(coro)
-            finally:
-                self._leave()
-        return self._wait(handed)
-
-    def close(self, last: Coroutine[Any, Any, None]) -> None:
-        """Run ``last`` (it closes what lives on the loop), then close the loop; calls
-        still waiting for their turn raise ``PortalClosed``."""
+                raise PortalClosed("this Conveyor app was closed: its sync calls are refused")
+            if self._driver is None:
+                self._driver = "caller"
+            else:  # the loop runs: this call runs on it too
+                self._handed += 1
+                handed = Future()
+                self.loop.call_soon_threadsafe(self._start, coro, handed)
+        if handed is not None:
+            return handed.result()
         try:
-            self.run(last)
-        finally:
-            with self._turn:
-                while self._driven:
-                    self._turn.wait()
-                self._closed = self._driven = True
-                self._turn.notify_all()
-            self.loop.close()
-
-    def _wait(self, handed: Future[T]) -> T:
-        with self._turn:
-            while self._driven and not handed.done() and not self._closed:
-                self._turn.wait()
-            if handed.done():
-                return handed.result()
-            if self._closed:
-                raise PortalClosed("this Conveyor app was closed while the call waited")
-            self._driven = True  # the driver left before this call was done: drive on
-        try:
-            return self.loop.run_until_complete(asyncio.wrap_future(handed, loop=self.loop))
+            return self.loop.run_until_complete(coro)
         finally:
             self._leave()
 
-    def _leave(self) -> None:
-        with self._turn:
-            self._driven = False
-            self._turn.notify_all()
+    def close(self, last: Coroutine[Any, Any, None]) -> None:
+        """Run ``last`` (it closes what lives on the loop), wait for every unfinished
+        call, stop the helper, and close the loop; later calls raise ``PortalClosed``."""
+        try:
+            self.run(last)
+        finally:
+            with self._lock:
+                self._closed = True
+                while self._driver is not None:
+                    self._lock.wait()
+                self._lock.notify_all()  # the helper exits
+            if self._helper is not None:
+                self._helper.join()
+            self.loop.close()
 
-    def _wake(self, _done: Future[Any]) -> None:
-        with self._turn:
-            self._turn.notify_all()
+    def _leave(self) -> None:
+        """The driving caller's call is done: the helper drives on if handed calls are not."""
+        with self._lock:
+            if self._handed:
+                self._driver = "helper"
+                if self._helper is None:
+                    self._helper = threading.Thread(target=self._help, name="conveyor-portal", daemon=True)
+                    self._helper.start()
+            else:
+                self._driver = None
+            self._lock.notify_all()
+
+    def _start(self, coro: Coroutine[Any, Any, T], handed: Future[T]) -> None:
+        self.loop.create_task(coro).add_done_callback(lambda task: self._finish(task, handed))
+
+    def _finish(self, task: asyncio.Task[T], handed: Future[T]) -> None:
+        """On the loop's thread: pass the outcome on; the helper stops once none is left."""
+        try:
+            if task.cancelled():
+                handed.cancel()
+            elif (exc := task.exception()) is not None:
+                handed.set_exception(exc)
+            else:
+                handed.set_result(task.result())
+        finally:
+            with self._lock:
+                self._handed -= 1
+                if not self._handed and self._driver == "helper":
+                    self.loop.stop()
+
+    def _help(self) -> None:
+        while True:
+            with self._lock:
+                while self._driver != "helper" and not self._closed:
+                    self._lock.wait()
+                if self._driver != "helper":
+                    return  # closed
+            self.loop.run_forever()  # until the last handed call is done (``_finish``)
+            with self._lock:
+                if not self._handed:
+                    self._driver = None
+                    self._lock.notify_all()

@@ -65,7 +65,9 @@ def test_a_waiting_call_finishes_while_another_thread_drives(portal: Portal) -> 
         assert long_done.result(5) == "long"
 
 
-def test_a_handed_call_still_pending_when_the_driver_leaves_is_driven_by_its_caller(portal: Portal) -> None:
+def test_handed_calls_unfinished_when_the_caller_leaves_are_driven_by_the_helper(portal: Portal) -> None:
+    """The first caller returns as soon as its own call is done; the helper thread runs
+    the rest, then gives the loop back: the next lone call drives it itself again."""
     started = threading.Event()
 
     async def short_call() -> str:
@@ -73,17 +75,21 @@ def test_a_handed_call_still_pending_when_the_driver_leaves_is_driven_by_its_cal
         await asyncio.sleep(0.05)
         return "short"
 
-    async def longer_call() -> int:
+    async def longer_call() -> str:
         await asyncio.sleep(0.3)
-        return threading.get_ident()
+        return threading.current_thread().name
 
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(portal.run, short_call())
         assert started.wait(5)
         second = pool.submit(portal.run, longer_call())
         assert first.result(5) == "short"
-        driver = second.result(5)
-    assert driver != threading.get_ident()
+        assert not second.done()
+        assert second.result(5) == "conveyor-portal"
+    deadline = time.monotonic() + 5
+    while portal.run(where()) != threading.get_ident():  # the helper stops once idle
+        assert time.monotonic() < deadline, "the helper kept the loop"
+        time.sleep(0.01)
 
 
 def test_errors_reach_the_caller_whether_it_drives_or_waits(portal: Portal) -> None:
@@ -109,6 +115,16 @@ def test_many_threads_share_the_loop_and_every_call_returns_its_own_result(porta
         assert list(pool.map(lambda i: portal.run(echo(i)), range(400))) == list(range(400))
 
 
+def test_calls_from_many_threads_overlap_on_the_loop(portal: Portal) -> None:
+    async def nap() -> None:
+        await asyncio.sleep(0.3)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: portal.run(nap()), range(8)))
+    assert time.monotonic() - started < 0.3 * 4  # one after another would take 2.4 s
+
+
 def test_close_runs_the_last_call_then_refuses_more(portal: Portal) -> None:
     closed: list[bool] = []
 
@@ -119,6 +135,23 @@ def test_close_runs_the_last_call_then_refuses_more(portal: Portal) -> None:
     assert closed == [True] and portal.loop.is_closed()
     with pytest.raises(PortalClosed):
         portal.run(where())
+
+
+def test_close_lets_calls_already_handed_to_the_loop_finish(portal: Portal) -> None:
+    started = threading.Event()
+
+    async def slow(value: int) -> int:
+        started.set()
+        await asyncio.sleep(0.2)
+        return value
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(portal.run, slow(1))
+        assert started.wait(5)
+        second = pool.submit(portal.run, slow(2))
+        time.sleep(0.05)
+        portal.close(asyncio.sleep(0))
+        assert (first.result(5), second.result(5)) == (1, 2)
 
 
 @pytest.fixture(params=[engine for engine in engine_urls() if not engine.startswith("shards")])
