@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # figure in Conveyor's JSON -> figure here, and whether higher is better
 COMPARED = {
     "submit_one": ("submit_one", True),
+    "submit_one_sync": ("submit_one", True),  # enqueueing is sync
     "throughput_1": ("throughput_1", True),
     "throughput_2": ("throughput_2", True),
     "latency_p50": ("latency_p50_tight_polling", False),

@@ -162,6 +162,7 @@ def new_figures(workers: int = 2, engine: str = "sqlite") -> dict[str, Figure]:
     """Every figure the bench reports, with the targets of a 2-core machine for ``engine``."""
     figures = [
         Figure("submit_one", "submit, one at a time", "submits/s", 5_000),
+        Figure("submit_one_sync", "submit, one at a time, sync", "submits/s"),
         Figure("submit_concurrent", "submit, one per call, many callers", "submits/s"),
         Figure("submit_batch", "submit, batches of 1,000", "submits/s", 50_000),
         Figure("submit_map", "submit, bulk map of 1,000", "submits/s", 50_000),
@@ -486,9 +487,10 @@ def percentile(values: Sequence[float], pct: float) -> float:
 # --- the measurements (one run each) -------------------------------------------------------
 
 
-async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float, float, float]:
-    """Submits per second: one at a time, one per call from ``cfg.submitters`` callers at
-    once, in batches of specs, and bulk (``submit_many``)."""
+async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float, float, float, float]:
+    """Submits per second: one at a time (``submit_async``, then sync ``submit`` from a
+    thread), one per call from ``cfg.submitters`` callers at once, in batches of specs,
+    and bulk (``submit_many``)."""
     app = _make_app(place.url)
     try:
         opts = place.opts()
@@ -497,6 +499,7 @@ async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float,
         for _ in range(cfg.submit_n):
             await app.submit_async(NOOP, {}, opts)
         one = cfg.submit_n / (time.perf_counter() - started)
+        one_sync = await asyncio.to_thread(_submit_sync, place, cfg.submit_n)
         concurrent = await _submit_concurrently(app, cfg.submit_n, opts, cfg.submitters)
         started = time.perf_counter()
         await enqueue(app, cfg.batch_n, place, batch=cfg.batch_size)
@@ -505,9 +508,23 @@ async def measure_enqueue(cfg: BenchConfig, place: Place) -> tuple[float, float,
         for done in range(0, cfg.batch_n, cfg.batch_size):
             await app.submit_many_async(NOOP, [{}] * min(cfg.batch_size, cfg.batch_n - done), opts)
         mapped = cfg.batch_n / (time.perf_counter() - started)
-        return one, concurrent, batched, mapped
+        return one, one_sync, concurrent, batched, mapped
     finally:
         await app.aclose()
+
+
+def _submit_sync(place: Place, n: int) -> float:
+    """Sync ``submit`` one at a time, as a web app's request handler calls it."""
+    app = _make_app(place.url)
+    try:
+        opts = place.opts()
+        app.submit(NOOP, {}, opts)  # open the engine outside the clock
+        started = time.perf_counter()
+        for _ in range(n):
+            app.submit(NOOP, {}, opts)
+        return n / (time.perf_counter() - started)
+    finally:
+        app.close()
 
 
 async def _submit_concurrently(app: Conveyor, n: int, opts: SubmitOptions, submitters: int) -> float:
@@ -627,8 +644,9 @@ async def run_session(url: str | None, cfg: BenchConfig, say: Callable[[str], No
 async def _one_run(name: str, cfg: BenchConfig, scratch: Scratch, run_no: int, fig: dict[str, Figure]) -> None:
     place = scratch.place(f"{name}-{run_no}")
     if name == "enqueue":
-        one, concurrent, batched, mapped = await measure_enqueue(cfg, place)
+        one, one_sync, concurrent, batched, mapped = await measure_enqueue(cfg, place)
         fig["submit_one"].runs.append(one)
+        fig["submit_one_sync"].runs.append(one_sync)
         fig["submit_concurrent"].runs.append(concurrent)
         fig["submit_batch"].runs.append(batched)
         fig["submit_map"].runs.append(mapped)

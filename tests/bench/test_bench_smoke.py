@@ -19,6 +19,7 @@ def test_quick_bench_on_a_sqlite_file_reports_every_figure_positive(tmp_path: Pa
     figures = {f.key: f for f in report.measured()}
     expected = {
         "submit_one",
+        "submit_one_sync",
         "submit_concurrent",
         "submit_batch",
         "submit_map",
@@ -49,6 +50,7 @@ def test_bench_cli_prints_json_figures(capsys: pytest.CaptureFixture[str], tmp_p
     out = json.loads(capsys.readouterr().out)
     assert out["meta"]["engine"] == "sqlite"
     assert out["figures"]["submit_one"]["median"] > 0
+    assert out["figures"]["submit_one_sync"]["median"] > 0
     assert out["figures"]["submit_batch"]["runs"]
 
 
@@ -59,7 +61,13 @@ def test_bench_cli_refuses_unknown_measurements() -> None:
 
 def test_bench_on_memory_engine_runs_only_the_in_process_measurement() -> None:
     report = run_bench("memory://bench-smoke", BenchConfig.quick(runs=1))
-    assert {f.key for f in report.measured()} == {"submit_one", "submit_concurrent", "submit_batch", "submit_map"}
+    assert {f.key for f in report.measured()} == {
+        "submit_one",
+        "submit_one_sync",
+        "submit_concurrent",
+        "submit_batch",
+        "submit_map",
+    }
     assert report.notes
 
 
