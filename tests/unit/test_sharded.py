@@ -319,6 +319,31 @@ async def test_a_shard_that_is_down_leaves_the_others_claiming(tmp_path: Path) -
         await ring.close()
 
 
+async def test_metric_totals_go_to_the_next_shard_when_the_first_is_down(tmp_path: Path) -> None:
+    """Workers' figures are not held back by one shard down, and a read sums what every
+    shard that answers holds."""
+    ring = make_backend(f"shards+sqlite:///{tmp_path}/a.db,/{tmp_path}/b.db")
+    assert isinstance(ring, ShardedBackend)
+    await ring.open()
+    try:
+        await ring.metrics_add({"attempts": 2.0})
+        assert await ring.shards[0].metrics_read() == {"attempts": 2.0}  # the first shard takes it
+        await ring.shards[0].close()
+        await ring.metrics_add({"attempts": 3.0, "retries": 1.0})
+        assert await ring.shards[1].metrics_read() == {"attempts": 3.0, "retries": 1.0}
+        await ring.shards[1].close()
+        with pytest.raises(BackendUnavailable):
+            await ring.metrics_add({"attempts": 1.0})
+    finally:
+        await ring.close()
+    again = make_backend(f"shards+sqlite:///{tmp_path}/a.db,/{tmp_path}/b.db")
+    await again.open()
+    try:
+        assert await again.metrics_read() == {"attempts": 5.0, "retries": 1.0}  # nothing lost, nothing twice
+    finally:
+        await again.close()
+
+
 # --- one task, found anywhere --------------------------------------------------------------
 
 
