@@ -57,7 +57,9 @@ class Portal:
         if handed is not None:
             return handed.result()
         try:
-            return self.loop.run_until_complete(coro)
+            task = self.loop.create_task(self._stopping(coro))
+            self.loop.run_forever()
+            return task.result()
         finally:
             self._leave()
 
@@ -75,6 +77,14 @@ class Portal:
             if self._helper is not None:
                 self._helper.join()
             self.loop.close()
+
+    async def _stopping(self, coro: Coroutine[Any, Any, T]) -> T:
+        """The driving caller's call: stops the loop the moment it ends (one loop pass
+        sooner than ``run_until_complete``, whose stop waits for a done callback)."""
+        try:
+            return await coro
+        finally:
+            self.loop.stop()
 
     def _leave(self) -> None:
         """The driving caller's call is done: the helper drives on if handed calls are not."""
