@@ -12,8 +12,14 @@ import pytest
 
 from conveyor import Conveyor, State
 from conveyor.backends import SCHEMES
-from conveyor.backends.postgres_tx import enqueue_in_transaction, submit_in_transaction
-from conveyor.errors import QueueFull, TaskNotFound
+from conveyor.backends.postgres_ops import COPY_FROM
+from conveyor.backends.postgres_tx import (
+    enqueue_in_transaction,
+    enqueue_in_transaction_sync,
+    submit_in_transaction,
+    submit_in_transaction_sync,
+)
+from conveyor.errors import InvalidInput, QueueFull, TaskNotFound
 from conveyor.models import TaskSpec
 from conveyor.worker import Worker, WorkerOptions
 from tests.contract.helpers import format_url
@@ -108,3 +114,73 @@ async def test_a_refused_batch_leaves_the_callers_transaction_usable(pg_app: Con
         cur = await conn.execute("SELECT count(*) FROM orders")
         assert await cur.fetchone() == (2,)
     assert (await pg_app.list_tasks_async()).items == []
+
+
+async def test_a_bound_set_at_run_time_holds_for_a_transactional_submit(pg_app: Conveyor) -> None:
+    await pg_app.queue_update_async("bounded", max_length=1)  # stored in the engine, not in config
+    specs = [TaskSpec(name="it.once", args={"marks": "/x", "key": str(i)}, queue="bounded") for i in range(2)]
+    async with await _connect(pg_app) as conn, conn.transaction():
+        with pytest.raises(QueueFull):
+            await submit_in_transaction(pg_app, conn, specs)
+    assert (await pg_app.list_tasks_async()).items == []
+
+
+# --- the same on a sync psycopg connection (Django, Flask, SQLAlchemy) ------------------------
+
+
+def _connect_sync(app: Conveyor, **kwargs: object) -> psycopg.Connection[object]:
+    return psycopg.connect(app.settings.url.split("?", 1)[0], **kwargs)  # type: ignore[arg-type]
+
+
+async def test_sync_submit_exists_only_once_the_transaction_commits(pg_app: Conveyor) -> None:
+    with _connect_sync(pg_app, autocommit=True) as conn:  # transaction() blocks commit, as Django's atomic()
+        conn.execute("CREATE TEMPORARY TABLE orders (id int PRIMARY KEY)")
+        with conn.transaction():
+            conn.execute("INSERT INTO orders VALUES (1)")
+            (handle,) = submit_in_transaction_sync(
+                pg_app, conn, [TaskSpec(name="it.once", args={"marks": "/x", "key": "o-1"})]
+            )
+            assert (await pg_app.list_tasks_async()).items == []  # not visible before the commit
+        assert (await pg_app.get_async(handle.id)).state is State.PENDING
+        path = str((conn.execute("SHOW search_path").fetchone() or [""])[0])
+        assert "conveyor" not in path and not path.startswith("t")  # the caller's path is restored
+        with pytest.raises(RuntimeError, match="declined"), conn.transaction():
+            (lost,) = submit_in_transaction_sync(
+                pg_app, conn, [TaskSpec(name="it.once", args={"marks": "/x", "key": "o-2"})]
+            )
+            raise RuntimeError("declined")
+    with pytest.raises(TaskNotFound):
+        await pg_app.get_async(lost.id)
+
+
+async def test_sync_submits_refused_or_large_behave_as_async_ones(pg_app: Conveyor) -> None:
+    schema = pg_app.settings.url.rsplit("schema=", 1)[1]
+    with _connect_sync(pg_app) as conn:
+        conn.execute("CREATE TEMPORARY TABLE orders (id int PRIMARY KEY)")
+        with conn.transaction():
+            conn.execute("INSERT INTO orders VALUES (3)")
+            small = [pg_app.build(TaskSpec(name="it.once", args={"marks": "/x", "key": str(i)})) for i in range(3)]
+            with pytest.raises(QueueFull):
+                enqueue_in_transaction_sync(conn, small, schema=schema, max_length={"default": 2})
+            conn.execute("INSERT INTO orders VALUES (4)")  # still in a healthy transaction
+            large = [
+                pg_app.build(TaskSpec(name="it.once", args={"marks": "/x", "key": f"l{i}"}))
+                for i in range(COPY_FROM + 5)
+            ]
+            done = enqueue_in_transaction_sync(conn, large, schema=schema)  # through COPY
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)
+    assert [e.id for e in done] == [t.id for t in large] and all(e.created for e in done)
+    stored = await pg_app.list_tasks_async(limit=500)
+    assert {t.id for t in stored.items} == {t.id for t in large}
+
+
+async def test_a_sync_autocommit_connection_commits_the_submit_itself(pg_app: Conveyor) -> None:
+    with _connect_sync(pg_app, autocommit=True) as conn:
+        (handle,) = submit_in_transaction_sync(
+            pg_app, conn, [TaskSpec(name="it.once", args={"marks": "/x", "key": "ac"})]
+        )
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert (await pg_app.get_async(handle.id)).state is State.PENDING
+    async with await _connect(pg_app) as aconn:
+        with pytest.raises(InvalidInput, match="sync psycopg Connection"):
+            submit_in_transaction_sync(pg_app, aconn, [])  # type: ignore[arg-type]
