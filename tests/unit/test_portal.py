@@ -68,23 +68,29 @@ def test_a_waiting_call_finishes_while_another_thread_drives(portal: Portal) -> 
 def test_handed_calls_unfinished_when_the_caller_leaves_are_driven_by_the_helper(portal: Portal) -> None:
     """The first caller returns as soon as its own call is done; the helper thread runs
     the rest, then gives the loop back: the next lone call drives it itself again."""
-    started = threading.Event()
+    first_started, second_started, release = threading.Event(), threading.Event(), threading.Event()
 
-    async def short_call() -> str:
-        started.set()
-        await asyncio.sleep(0.05)
-        return "short"
+    async def until(event: threading.Event) -> None:
+        while not event.is_set():
+            await asyncio.sleep(0.005)
 
-    async def longer_call() -> str:
-        await asyncio.sleep(0.3)
+    async def first_call() -> str:
+        first_started.set()
+        await until(second_started)  # the second call runs on this caller's loop
+        return "first"
+
+    async def second_call() -> str:
+        second_started.set()
+        await until(release)
         return threading.current_thread().name
 
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(portal.run, short_call())
-        assert started.wait(5)
-        second = pool.submit(portal.run, longer_call())
-        assert first.result(5) == "short"
+        first = pool.submit(portal.run, first_call())
+        assert first_started.wait(5)
+        second = pool.submit(portal.run, second_call())
+        assert first.result(5) == "first"
         assert not second.done()
+        release.set()
         assert second.result(5) == "conveyor-portal"
     deadline = time.monotonic() + 5
     while portal.run(where()) != threading.get_ident():  # the helper stops once idle
@@ -138,18 +144,18 @@ def test_close_runs_the_last_call_then_refuses_more(portal: Portal) -> None:
 
 
 def test_close_lets_calls_already_handed_to_the_loop_finish(portal: Portal) -> None:
-    started = threading.Event()
+    started = {1: threading.Event(), 2: threading.Event()}
 
     async def slow(value: int) -> int:
-        started.set()
+        started[value].set()
         await asyncio.sleep(0.2)
         return value
 
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(portal.run, slow(1))
-        assert started.wait(5)
+        assert started[1].wait(5)
         second = pool.submit(portal.run, slow(2))
-        time.sleep(0.05)
+        assert started[2].wait(5)
         portal.close(asyncio.sleep(0))
         assert (first.result(5), second.result(5)) == (1, 2)
 
