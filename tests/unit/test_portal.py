@@ -15,6 +15,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.backends.base import TaskFilter
+from conveyor.errors import BackendUnavailable
 from conveyor.portal import Portal, PortalClosed
 from conveyor.task import SubmitOptions
 from tests.contract.helpers import engine_urls, format_url
@@ -206,3 +207,13 @@ def test_a_forked_child_gets_its_own_loop_and_connections(tmp_path: Path) -> Non
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert len(app.list_tasks(TaskFilter(), limit=10).items) == 2  # the parent's connections still work
     app.close()
+
+
+def test_a_sync_call_to_an_unreachable_engine_fails_clearly_and_the_app_stays_usable() -> None:
+    app = Conveyor("redis://127.0.0.1:1/0?prefix=nowhere")  # nothing listens on port 1
+    try:
+        for _ in range(2):  # the failed call left the loop free for the next one
+            with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1\b"):
+                app.submit("t.a", {})
+    finally:
+        app.close()
