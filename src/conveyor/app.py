@@ -201,6 +201,18 @@ class Conveyor:
         if portal is not None and portal.pid == os.getpid():
             portal.close(self.aclose())
 
+    def __enter__(self) -> Conveyor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Conveyor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the sync loop and wait; refused inside a running loop."""
         try:

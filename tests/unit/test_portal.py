@@ -217,3 +217,20 @@ def test_a_sync_call_to_an_unreachable_engine_fails_clearly_and_the_app_stays_us
                 app.submit("t.a", {})
     finally:
         app.close()
+
+
+async def test_the_app_is_a_context_manager_that_closes_its_connections(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ctx.db'}"
+
+    def sync_use() -> None:
+        with Conveyor(url) as app:
+            app.submit("t.a", {})
+            portal = app._portal
+        assert app._portal is None and portal is not None and portal.loop.is_closed()
+
+    await asyncio.to_thread(sync_use)
+    async with Conveyor(url) as app:
+        assert len((await app.list_tasks_async()).items) == 1
+        loop = asyncio.get_running_loop()
+        assert loop in app._backends
+    assert loop not in app._backends  # closed on the way out
