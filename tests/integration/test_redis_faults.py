@@ -129,6 +129,10 @@ def test_submit_while_redis_is_down_raises_backend_unavailable_and_stores_nothin
     stored = app.stats()
     assert sum(stored.counts.values()) == 1  # only the task acknowledged before the crash
     assert app.get(first.id).state is State.PENDING
+    server.kill()  # again, now between two calls: the idle sync loop has not seen it
+    server.start()
+    after = app.submit("it.record", {"log": "/dev/null", "tag": "after"})  # reconnects by itself
+    assert app.get(after.id).state is State.PENDING and sum(app.stats().counts.values()) == 2
 
 
 def test_a_full_redis_refuses_submits_with_backend_unavailable(tmp_path: Path) -> None:
