@@ -153,6 +153,28 @@ def test_submit_while_the_server_is_down_raises_backend_unavailable(cluster: Clu
     assert pg_client.list_tasks().items == []
     pg_client.submit("it.once", {"marks": "/nonexistent", "key": "k"})
     assert len(pg_client.list_tasks().items) == 1
+    cluster.stop()  # again, now between two calls: the pooled connections are dead
+    cluster.start()
+    pg_client.submit("it.once", {"marks": "/nonexistent", "key": "k2"})  # the first call after it
+    assert len(pg_client.list_tasks().items) == 2
+
+
+def test_after_a_long_outage_the_first_call_finds_the_server_again(cluster: Cluster, pg_client: Conveyor) -> None:
+    """Calls keep failing through a 10 s outage; the one right after the restart works
+    (the pool's reconnect delay doubles, but never for longer than ``RECONNECT_CHAIN``)."""
+    pg_client.submit("it.once", {"marks": "/nonexistent", "key": "before"})
+    cluster.stop()
+    try:
+        down_until = time.monotonic() + 10
+        while time.monotonic() < down_until:
+            with pytest.raises(BackendUnavailable):
+                pg_client.submit("it.once", {"marks": "/nonexistent", "key": "during"})
+    finally:
+        cluster.start()
+    started = time.monotonic()
+    pg_client.submit("it.once", {"marks": "/nonexistent", "key": "after"})
+    assert time.monotonic() - started < 5
+    assert sorted(t.args["key"] for t in pg_client.list_tasks().items) == ["after", "before"]
 
 
 def test_two_workers_share_the_private_cluster_without_running_a_task_twice(

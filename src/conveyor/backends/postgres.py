@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -74,6 +75,7 @@ Conn = AsyncConnection[Any]
 
 DEFAULT_SCHEMA = "conveyor"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
+RECONNECT_CHAIN = 5.0  # seconds the pool keeps retrying one failed connection attempt
 _OURS = {"schema", "pool_min", "pool_max", "connect_timeout", "auto_migrate", "prepare", "commit"}
 
 
@@ -154,6 +156,28 @@ def _bool_option(options: dict[str, str], name: str, default: bool, url: str) ->
     raise InvalidInput(f"invalid PostgreSQL URL option {name}={value!r} in {url!r}: expected true or false")
 
 
+async def _ended(conn: Conn) -> bool:
+    """Whether the server ended this pooled connection while it sat idle (a restart, a
+    failover, an idle timeout), so that a call on it would fail although the server
+    is back.
+
+    An idle connection has nothing to read unless the server wrote to it meanwhile:
+    only then is it tried with a round trip. The usual case costs one poll, not a
+    round trip (psycopg_pool's ``check`` costs one per call, and waits a second before
+    the next connection when a check fails)."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (psycopg.OperationalError, OSError, ValueError):
+        return True  # no socket left: closed
+    if not readable:
+        return False
+    try:
+        await AsyncConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
+
+
 class PostgresBackend:
     """The ``postgresql://`` engine (see the module docstring)."""
 
@@ -193,6 +217,11 @@ class PostgresBackend:
                 f"the PostgreSQL backend for {self.pg.where} is not open: call `await backend.open()`"
             )
         try:
+            for _ in range(self.pg.pool_max):  # each dead connection is dropped, then a new one is made
+                async with pool.connection(timeout=self.pg.connect_timeout) as conn:
+                    if await _ended(conn):
+                        continue  # the pool discards it on the way back
+                    return await fn(conn, *args)
             async with pool.connection(timeout=self.pg.connect_timeout) as conn:
                 return await fn(conn, *args)
         except ConveyorError:
@@ -223,7 +252,11 @@ class PostgresBackend:
             open=False,
             name=f"conveyor-{self.pg.schema}",
             timeout=self.pg.connect_timeout,
-            reconnect_timeout=24 * 3600.0,  # keep trying through long outages
+            # A failed connection attempt is retried after 1 s, 2 s, 4 s...; past this the
+            # pool stops, and the next call that needs a connection starts again at
+            # once. So after an outage the engine is back within seconds of the
+            # server, however long the outage was (not after the doubled delay).
+            reconnect_timeout=RECONNECT_CHAIN,
         )
         try:
             await pool.open(wait=True, timeout=self.pg.connect_timeout)
