@@ -228,7 +228,8 @@ class Place:
 
 class Scratch:
     """Hands out places: a fresh SQLite file each, or a fresh queue on another engine
-    (on Redis, under the session's own key prefix); ``cleanup`` removes what they stored."""
+    (under the session's own Redis key prefix or PostgreSQL schema); ``cleanup``
+    removes what they stored."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
@@ -244,6 +245,8 @@ class Scratch:
         self.store_url = url
         if url is not None and _scheme(url) in ("redis", "rediss"):
             self.store_url = _own_redis_prefix(url)
+        elif url is not None and _scheme(url) in ("postgresql", "postgres"):
+            self.store_url = _own_pg_schema(url)
 
     @property
     def engine(self) -> str:
@@ -260,7 +263,10 @@ class Scratch:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.store_url is not None and self.store_url != self.url:
-            _drop_redis_keys(self.store_url)
+            if self.engine in ("postgresql", "postgres"):
+                _drop_pg_schema(self.store_url)
+            else:
+                _drop_redis_keys(self.store_url)
 
 
 def _scheme(url: str) -> str:
@@ -278,6 +284,31 @@ def _own_redis_prefix(url: str) -> str:
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     query["prefix"] = f"{query.get('prefix') or DEFAULT_PREFIX}-bench-{uuid.uuid4().hex[:8]}"
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _own_pg_schema(url: str) -> str:
+    """``url`` with a schema of the session's own (``<schema>_bench_<hex>``), so the
+    cleanup drops exactly what this session wrote, and the backlogs and 100,000-task
+    batches never land in the schema the URL names."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from conveyor.backends.postgres import DEFAULT_SCHEMA
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query["schema"] = f"{(query.get('schema') or DEFAULT_SCHEMA)[:30]}_bench_{uuid.uuid4().hex[:8]}"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _drop_pg_schema(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from conveyor.backends.postgres import PgUrl
+
+    pg = PgUrl(url)
+    with psycopg.connect(pg.conninfo, **pg.connect_kwargs()) as conn:  # autocommit
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(pg.schema)))
 
 
 def _drop_redis_keys(url: str) -> None:

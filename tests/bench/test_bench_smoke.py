@@ -85,3 +85,24 @@ def test_each_engine_is_checked_against_its_own_targets() -> None:
     assert (pg["latency_p99"].target, redis["latency_p50"].target) == (15, 2)
     assert redis["submit_batch"].target is None and pg["submit_batch"].target == 50_000
     assert new_figures(2, "postgres")["submit_one"].target == 3_000
+
+
+def test_a_server_bench_works_in_a_store_of_its_own_and_removes_it() -> None:
+    """The schema or key prefix the URL names is never written to: a run on someone's
+    database leaves nothing behind (it used to leave every bench task in PostgreSQL)."""
+    import psycopg
+    import redis
+
+    from tests.services import postgres_url, redis_url
+
+    pg_template, redis_template = postgres_url(), redis_url()
+    if pg_template is None or redis_template is None:
+        pytest.fail("the bench cleanup test needs the PostgreSQL and Redis servers")
+    pg = pg_template.split("?", 1)[0] + "?schema=bench_target"
+    with psycopg.connect(pg.split("?", 1)[0], autocommit=True) as conn:
+        schemas = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench_target%'"
+        assert run_bench(pg, BenchConfig.quick(runs=1, only=frozenset({"enqueue"}))).measured()
+        assert conn.execute(schemas).fetchall() == []
+    rd = redis_template.split("?", 1)[0] + "?prefix=bench_target"
+    assert run_bench(rd, BenchConfig.quick(runs=1, only=frozenset({"enqueue"}))).measured()
+    assert list(redis.Redis.from_url(rd.split("?", 1)[0]).scan_iter(match="{bench_target*")) == []
