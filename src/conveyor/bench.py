@@ -276,27 +276,27 @@ def _scheme(url: str) -> str:
 def _own_redis_prefix(url: str) -> str:
     """``url`` with a key prefix of the session's own (``<prefix>-bench-<hex>``), so the
     cleanup deletes exactly the keys this session wrote."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
     from conveyor.backends.redis_rows import DEFAULT_PREFIX
 
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query["prefix"] = f"{query.get('prefix') or DEFAULT_PREFIX}-bench-{uuid.uuid4().hex[:8]}"
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return _own_store(url, "prefix", DEFAULT_PREFIX, "-")
 
 
 def _own_pg_schema(url: str) -> str:
     """``url`` with a schema of the session's own (``<schema>_bench_<hex>``), so the
     cleanup drops exactly what this session wrote, and the backlogs and 100,000-task
     batches never land in the schema the URL names."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
     from conveyor.backends.postgres import DEFAULT_SCHEMA
+
+    return _own_store(url, "schema", DEFAULT_SCHEMA, "_")
+
+
+def _own_store(url: str, option: str, default: str, sep: str) -> str:
+    """``url`` with its ``option`` (a key prefix, a schema) made ``<given>{sep}bench{sep}<hex>``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query["schema"] = f"{(query.get('schema') or DEFAULT_SCHEMA)[:30]}_bench_{uuid.uuid4().hex[:8]}"
+    query[option] = f"{(query.get(option) or default)[:30]}{sep}bench{sep}{uuid.uuid4().hex[:8]}"
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

@@ -217,13 +217,13 @@ class PostgresBackend:
                 f"the PostgreSQL backend for {self.pg.where} is not open: call `await backend.open()`"
             )
         try:
-            for _ in range(self.pg.pool_max):  # each dead connection is dropped, then a new one is made
+            # each dead connection is dropped, until one that lives or a new one
+            for checks_left in range(self.pg.pool_max, -1, -1):
                 async with pool.connection(timeout=self.pg.connect_timeout) as conn:
-                    if await _ended(conn):
+                    if checks_left and await _ended(conn):
                         continue  # the pool discards it on the way back
                     return await fn(conn, *args)
-            async with pool.connection(timeout=self.pg.connect_timeout) as conn:
-                return await fn(conn, *args)
+            raise AssertionError("unreachable: the last connection is used unchecked")
         except ConveyorError:
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable) as exc:
