@@ -232,7 +232,7 @@ class Conveyor:
             if self._portal is None or self._portal.pid != os.getpid():
                 if self._portal is not None:  # forked: the parent's loop and connections are not ours
                     self._backends.pop(self._portal.loop, None)
-                self._portal = Portal()
+                self._portal = Portal(self.settings.loop_spin)
             return self._portal
 
     # --- submit ------------------------------------------------------------------------

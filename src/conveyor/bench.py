@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from conveyor import spin
 from conveyor.errors import ConveyorError
 from conveyor.models import Task, TaskSpec
 from conveyor.task import SubmitOptions
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MEASUREMENTS = ("enqueue", "throughput", "latency", "claim", "memory")
-LOOPS = ("asyncio", "uvloop", "auto")
+LOOPS = ("asyncio", "spin", "uvloop", "auto")
 NOOP = "bench.noop"  # the no-op task of conveyor.bench_tasks (imported lazily: it builds an app)
 BACKLOG_PRIORITY = 2  # the backlog sits below the drained tasks (default priority 5)
 
@@ -87,7 +88,7 @@ class BenchConfig:
     drain_n: int = 20_000  # tasks drained from the top of each backlog per run
     memory_n: int = 100_000  # tasks one worker runs while its RSS is watched
     warmup: float = 0.1  # share of memory_n done before the first RSS sample
-    loop: str = "asyncio"  # event loop of the bench and its workers: asyncio, uvloop or auto
+    loop: str = "asyncio"  # event loop of the bench and its workers: asyncio, spin, uvloop or auto
     only: frozenset[str] = frozenset(MEASUREMENTS)
 
     @classmethod
@@ -736,7 +737,8 @@ def _meta(scratch: Scratch, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def loop_name(loop: str) -> str:
-    """``asyncio`` or ``uvloop``: ``auto`` is uvloop when installed (the ``fast`` extra)."""
+    """``asyncio``, ``spin`` (asyncio polling before it sleeps, ``conveyor.spin``) or
+    ``uvloop``: ``auto`` is uvloop when installed (the ``fast`` extra)."""
     if loop not in LOOPS:
         raise BenchError(f"unknown event loop {loop!r}: expected one of {', '.join(LOOPS)}")
     if loop != "auto":
@@ -750,8 +752,12 @@ def loop_name(loop: str) -> str:
 
 def run(coro: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
     """Run ``coro`` on the event loop named by ``loop`` (see ``loop_name``)."""
-    if loop_name(loop) == "asyncio":
+    name = loop_name(loop)
+    if name == "asyncio":
         return asyncio.run(coro)
+    if name == "spin":
+        with asyncio.Runner(loop_factory=spin.new_event_loop) as runner:
+            return runner.run(coro)
     import uvloop
 
     return uvloop.run(coro)
@@ -783,7 +789,7 @@ def run_cli(
     ``n`` sets the tasks per throughput and claim-cost run; ``quick`` uses smoke-test
     sizes; ``only`` picks measurements among ``MEASUREMENTS``; ``check`` makes a
     missed target exit 1; ``loop`` is the event loop of the submitter and the workers
-    (``asyncio``, as ``conveyor worker`` uses, ``uvloop``, or ``auto``). Exit codes:
+    (``asyncio``, as ``conveyor worker`` uses, ``spin``, ``uvloop``, or ``auto``). Exit codes:
     0 ran, 1 failed (or missed with ``check``), 2 bad input.
     """
     from rich.console import Console

@@ -237,6 +237,8 @@ class Settings(BaseSettings):
     aging_interval: float | None = Field(default=None, ge=0)  # seconds per +1 priority; None/0: off
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     tracing: bool = False  # OpenTelemetry spans for submits and attempts (conveyor.tracing)
+    # seconds the sync calls' event loop polls before it sleeps (conveyor.spin; 0: never)
+    loop_spin: float = Field(default=0.0005, ge=0, le=0.01)
     auto_migrate: bool = True
 
     @classmethod

@@ -21,6 +21,8 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, Literal, TypeVar
 
+from conveyor.spin import new_event_loop
+
 T = TypeVar("T")
 
 
@@ -32,8 +34,9 @@ class Portal:
     """An event loop driven by its callers, or by a helper thread while calls handed to
     it are unfinished (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, spin: float = 0.0) -> None:
+        # a spin (conveyor.spin) only while no other thread waits here: it holds the GIL
+        self.loop = new_event_loop(spin, allow=lambda: not self._handed)
         self.pid = os.getpid()  # a forked child must not drive its parent's loop
         self._lock = threading.Condition(threading.Lock())
         self._driver: Literal["caller", "helper"] | None = None
