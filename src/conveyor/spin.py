@@ -24,19 +24,20 @@ from collections.abc import Callable
 #: and than a durable PostgreSQL commit (about 400 µs).
 DEFAULT_WINDOW = 0.0005
 
-_SCORE_MAX = 8  # hits remembered; a miss costs 2, so spinning lasts while 2 in 3 hit
+_SCORE_MAX = 8  # catches remembered; a miss costs 2, so spinning lasts while 2 in 3 catch
 _PROBE_EVERY = 16  # while spinning does not pay, one wait in this many tries again
 
 
-class SpinSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
+class SpinSelector(selectors.DefaultSelector):
     """The platform's selector, polling without blocking for up to ``window`` seconds
     before a wait that would block.
 
-    A window that ends with nothing ready is a miss, and it wasted that CPU time: after
+    A window that ends with nothing ready is a miss, and it wasted that CPU time: once
     misses outweigh catches (replies slower than the window, an idle loop woken only by
     its timers) the selector sleeps at once, trying a spin again once in
-    ``_PROBE_EVERY`` waits. ``allow`` is asked before each spin: the sync portal says no
-    while other threads wait on it, since a spinning thread keeps the GIL from them.
+    ``_PROBE_EVERY`` waits; a try that catches something resumes spinning. ``allow``
+    is asked before each spin: the sync portal says no while other threads wait on it,
+    since a spinning thread keeps the GIL from them.
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, allow: Callable[[], bool] | None = None) -> None:
@@ -56,8 +57,8 @@ class SpinSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
         end = time.perf_counter() + window
         while True:
             ready = poll(0)
-            if ready:
-                self._score = min(self._score + 1, _SCORE_MAX)
+            if ready:  # a probe that catches one resumes spinning at once
+                self._score = min(max(self._score, 0) + 1, _SCORE_MAX)
                 return ready
             if time.perf_counter() >= end:
                 break
@@ -85,7 +86,9 @@ def spinning_helps() -> bool:
         return (os.cpu_count() or 1) > 1
 
 
-def new_event_loop(window: float = DEFAULT_WINDOW, allow: Callable[[], bool] | None = None) -> asyncio.AbstractEventLoop:
+def new_event_loop(
+    window: float = DEFAULT_WINDOW, allow: Callable[[], bool] | None = None
+) -> asyncio.AbstractEventLoop:
     """An asyncio event loop whose waits spin for up to ``window`` seconds first
     (``window=0``: a plain selector loop)."""
     if window <= 0.0:

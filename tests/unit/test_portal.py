@@ -22,9 +22,9 @@ from tests.contract.helpers import engine_urls, format_url
 from tests.services import drop_store
 
 
-@pytest.fixture
-def portal() -> Iterator[Portal]:
-    p = Portal()
+@pytest.fixture(params=[0.0, 0.0005], ids=["sleeping", "spinning"])
+def portal(request: pytest.FixtureRequest) -> Iterator[Portal]:
+    p = Portal(spin=request.param)
     yield p
     if not p.loop.is_closed():
         p.close(asyncio.sleep(0))
