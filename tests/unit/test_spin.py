@@ -9,7 +9,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -42,6 +42,13 @@ def record_platform(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
     return blocking
 
 
+def watching(sock: socket.socket, window: float, allow: Callable[[], bool] | None = None) -> SpinSelector:
+    """A spinning selector that waits for ``sock`` to be readable."""
+    sel = SpinSelector(window, allow)
+    sel.register(sock, selectors.EVENT_READ)
+    return sel
+
+
 def write_later(sock: socket.socket, delay: float) -> threading.Thread:
     def go() -> None:
         time.sleep(delay)
@@ -56,8 +63,7 @@ def test_a_reply_within_the_window_is_caught_without_sleeping(
     pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
 ) -> None:
     a, b = pair
-    sel = SpinSelector(window=2.0)
-    sel.register(a, selectors.EVENT_READ)
+    sel = watching(a, 2.0)
     writer = write_later(b, 0.01)
     ready = sel.select(None)
     writer.join()
@@ -66,29 +72,18 @@ def test_a_reply_within_the_window_is_caught_without_sleeping(
     sel.close()
 
 
-def test_a_wait_longer_than_the_window_sleeps_for_the_rest(
-    pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
+@pytest.mark.parametrize(("window", "timeout"), [(0.005, 0.05), (1.0, 0.02)], ids=["longer", "shorter"])
+def test_a_wait_lasts_its_timeout_whether_longer_or_shorter_than_the_window(
+    pair: tuple[socket.socket, socket.socket], record_platform: list[float | None], window: float, timeout: float
 ) -> None:
+    """Past the window it sleeps for the rest of the timeout; within it, stops at the timeout."""
     a, _ = pair
-    sel = SpinSelector(window=0.005)
-    sel.register(a, selectors.EVENT_READ)
+    sel = watching(a, window)
     start = time.perf_counter()
-    assert sel.select(0.05) == []
-    elapsed = time.perf_counter() - start
-    assert 0.045 <= elapsed < 1.0  # the whole timeout, not just the window
-    assert len(record_platform) == 1 and record_platform[0] == pytest.approx(0.045, abs=1e-6)
-    sel.close()
-
-
-def test_a_timeout_shorter_than_the_window_is_kept(
-    pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
-) -> None:
-    a, _ = pair
-    sel = SpinSelector(window=1.0)
-    sel.register(a, selectors.EVENT_READ)
-    start = time.perf_counter()
-    assert sel.select(0.02) == []
-    assert 0.02 <= time.perf_counter() - start < 0.5
+    assert sel.select(timeout) == []
+    assert timeout <= time.perf_counter() - start < timeout + 0.5
+    rest = [pytest.approx(timeout - window, abs=1e-6)] if window < timeout else []
+    assert record_platform == rest
     sel.close()
 
 
@@ -96,8 +91,7 @@ def test_spinning_stops_when_it_misses_and_is_tried_again_now_and_then(
     pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
 ) -> None:
     a, b = pair
-    sel = SpinSelector(window=0.001)
-    sel.register(a, selectors.EVENT_READ)
+    sel = watching(a, 0.001)
     spun = []
     for _ in range(40):
         before = time.perf_counter()
@@ -130,8 +124,7 @@ def test_no_spin_while_allow_says_no(
 ) -> None:
     a, b = pair
     allowed = False
-    sel = SpinSelector(window=2.0, allow=lambda: allowed)
-    sel.register(a, selectors.EVENT_READ)
+    sel = watching(a, 2.0, allow=lambda: allowed)
     writer = write_later(b, 0.01)
     assert sel.select(None)
     writer.join()
