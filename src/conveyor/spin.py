@@ -20,8 +20,8 @@ import selectors
 import time
 from collections.abc import Callable
 
-#: The default window, in seconds: longer than a Redis round trip here (100-150 µs),
-#: and than a durable PostgreSQL commit (about 400 µs).
+#: The default window, in seconds: longer than a Redis round trip here (100-150 µs)
+#: and than most durable PostgreSQL commits (about 400 µs).
 DEFAULT_WINDOW = 0.0005
 
 _SCORE_MAX = 8  # catches remembered; a miss costs 2, so spinning lasts while 2 in 3 catch
@@ -90,7 +90,7 @@ def new_event_loop(
     window: float = DEFAULT_WINDOW, allow: Callable[[], bool] | None = None
 ) -> asyncio.AbstractEventLoop:
     """An asyncio event loop whose waits spin for up to ``window`` seconds first
-    (``window=0``: a plain selector loop)."""
+    (``window=0``: the event loop policy's loop, as ``asyncio.new_event_loop``)."""
     if window <= 0.0:
-        return asyncio.SelectorEventLoop()
+        return asyncio.new_event_loop()
     return asyncio.SelectorEventLoop(SpinSelector(window, allow))
