@@ -51,6 +51,16 @@ async def test_every_page_renders_on_an_empty_store(ui: UiClient) -> None:
     assert "No dead letter" in (await admin.get("/ui/dlq")).text
 
 
+async def test_a_task_that_just_failed_shows_in_the_dlq_at_once(ui: UiClient) -> None:
+    """The pages share figures up to a second old; an empty count there must not hide a
+    dead letter that arrived within that second."""
+    admin = await ui("admin")
+    assert "No dead letter" in assert_html(await admin.get("/ui/dlq"))  # the figures say 0 now
+    failed = await dead_letter(admin, "billing")
+    assert failed in assert_html(await admin.get("/ui/dlq"))
+    assert failed in assert_html(await admin.get("/ui/dlq", params={"queue": "billing"}))
+
+
 async def test_pages_show_tasks_workflows_and_dead_letters(ui: UiClient) -> None:
     admin = await ui("admin")
     task = await submit(admin, args={"to": "a@b.c"}, labels=["vip"], queue="emails")

@@ -77,20 +77,21 @@ class StatsCache:
         self.value: tuple[float, Stats] | None = None
         self.lock = asyncio.Lock()
 
-    async def get(self, app: Conveyor) -> Stats:
+    async def get(self, app: Conveyor, fresh: bool = False) -> Stats:
+        """The shared figures, or (``fresh``) figures counted now, which are shared from then on."""
         async with self.lock:
             now = time.monotonic()
-            if self.value is None or now - self.value[0] > self.ttl:
+            if fresh or self.value is None or now - self.value[0] > self.ttl:
                 self.value = (now, await app.stats_async())
             return self.value[1]
 
 
-async def stats_of(request: Request) -> Stats:
+async def stats_of(request: Request, fresh: bool = False) -> Stats:
     state = request.app.state
     cache: StatsCache | None = getattr(state, "ui_stats", None)
     if cache is None:
         cache = state.ui_stats = StatsCache()
-    return await cache.get(conveyor_of(request))
+    return await cache.get(conveyor_of(request), fresh)
 
 
 def throughput_of(request: Request) -> Throughput:
@@ -241,9 +242,9 @@ async def dlq(request: Request, viewer: Viewer) -> Response:
     q = request.query_params
     queue, name = params.queue(q), params.text(q, "name")
     cursor = params.text(q, "cursor")
-    stats = await stats_of(request)
-    in_queue = (info.counts.get("failed", 0) for info in stats.queues if info.name == queue)
-    failed = stats.dlq_size if queue is None else sum(in_queue)
+    failed, stats = await _dead_letters(request, queue)
+    if not failed and not cursor:  # shared figures up to a second old: a task that just failed must show
+        failed, stats = await _dead_letters(request, queue, fresh=True)
     if failed or cursor:
         page = await conveyor_of(request).list_tasks_async(TaskFilter(State.FAILED, queue, name), 50, cursor)
     else:  # an empty DLQ: a newest-first listing by state could walk every task to find none
@@ -253,6 +254,13 @@ async def dlq(request: Request, viewer: Viewer) -> Response:
         request, viewer, "dlq.html", nav="dlq", page=page, queue=queue or "", name=name or "", kept=kept,
         cursor=cursor, dlq_size=stats.dlq_size, notice=_notice(request),
     )  # fmt: skip
+
+
+async def _dead_letters(request: Request, queue: str | None, fresh: bool = False) -> tuple[int, Stats]:
+    """How many dead letters ``queue`` (None: every queue) holds, and the figures it came from."""
+    stats = await stats_of(request, fresh)
+    in_queue = (info.counts.get("failed", 0) for info in stats.queues if info.name == queue)
+    return (stats.dlq_size if queue is None else sum(in_queue)), stats
 
 
 NOTICES = {
