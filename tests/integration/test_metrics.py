@@ -93,13 +93,20 @@ def test_the_cluster_page_carries_every_workers_attempt_figures(
     doomed = client.submit("it.always_fails", {"counter": str(tmp_path / "doomed")})  # max_retries=2
     finished(client, *ok, doomed)
 
+    record = {"queue": "default", "name": "it.record"}
+    doomed_figures = {"queue": "default", "name": "it.always_fails"}
+    expected = [  # each worker adds its figures on its own schedule: wait for all of them
+        (("conveyor_attempts_total", {**doomed_figures, "state": "failed"}), 1),
+        (("conveyor_task_wait_seconds_count", {"queue": "default"}), 9),
+        (("conveyor_retries_total", doomed_figures), 2),
+        (("conveyor_attempts_total", {**record, "state": "succeeded"}), 6),
+    ]
+
     def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
         page = samples(cluster_page(client))
-        done = value(page, "conveyor_attempts_total", queue="default", name="it.always_fails", state="failed")
-        return page if done == 1 and value(page, "conveyor_task_wait_seconds_count", queue="default") == 9 else None
+        return page if all(value(page, name, **labels) == n for (name, labels), n in expected) else None
 
     page = wait_until(scrape, 10, what="the engine's totals to show every attempt")
-    record = {"queue": "default", "name": "it.record"}
     assert value(page, "conveyor_task_duration_seconds_count", **record) == 6
     assert value(page, "conveyor_task_duration_seconds_bucket", **record, le="+Inf") == 6
     assert value(page, "conveyor_task_duration_seconds_sum", **record) > 0
