@@ -26,16 +26,20 @@ DEFAULT_WINDOW = 0.0005
 
 _SCORE_MAX = 8  # catches remembered; a miss costs 2, so spinning lasts while 2 in 3 catch
 _PROBE_EVERY = 16  # while spinning does not pay, one wait in this many tries again
+_NEAR = 8  # a miss counts if the wait ended within this many windows after the spin
 
 
 class SpinSelector(selectors.DefaultSelector):
     """The platform's selector, polling without blocking for up to ``window`` seconds
     before a wait that would block.
 
-    A window that ends with nothing ready is a miss, and it wasted that CPU time: once
-    misses outweigh catches (replies slower than the window, an idle loop woken only by
-    its timers) the selector sleeps at once, trying a spin again once in
-    ``_PROBE_EVERY`` waits; a try that catches something resumes spinning. ``allow``
+    A window that ends with nothing ready is a miss when the wait ends soon after it
+    (within ``_NEAR`` windows): replies a little slower than the window, where spinning
+    costs CPU on every call and never catches one. Once misses outweigh catches the
+    selector sleeps at once, trying a spin again once in ``_PROBE_EVERY`` waits; a try
+    that catches something resumes spinning. A long wait (a call waiting for a task's
+    result, an idle loop) is not held against spinning: one window is a small part of
+    it, and the next fast reply is still caught. ``allow``
     is asked before each spin: the sync portal says no while other threads wait on it,
     since a spinning thread keeps the GIL from them.
     """
@@ -62,8 +66,10 @@ class SpinSelector(selectors.DefaultSelector):
                 return ready
             if time.perf_counter() >= end:
                 break
-        self._score = max(self._score - 2, -_SCORE_MAX)
-        return poll(None if timeout is None else max(timeout - window, 0.0))
+        ready = poll(None if timeout is None else max(timeout - window, 0.0))
+        if time.perf_counter() - end < _NEAR * window:  # a reply just too slow: spinning for it is waste
+            self._score = max(self._score - 2, -_SCORE_MAX)
+        return ready
 
     def _should_spin(self) -> bool:
         if self._allow is not None and not self._allow():

@@ -119,6 +119,23 @@ def test_spinning_stops_when_it_misses_and_is_tried_again_now_and_then(
     sel.close()
 
 
+def test_long_waits_do_not_stop_spinning(
+    pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
+) -> None:
+    """Waits far longer than the window (a result awaited for seconds, an idle loop)
+    cost one window each and leave the next fast reply to be caught."""
+    a, b = pair
+    sel = watching(a, 0.001)
+    for _ in range(6):
+        assert sel.select(0.02) == []
+        assert record_platform.pop() == pytest.approx(0.019, abs=1e-6)  # spun first, every time
+    writer = write_later(b, 0.0)
+    writer.join()
+    assert sel.select(None)
+    assert record_platform == []
+    sel.close()
+
+
 def test_no_spin_while_allow_says_no(
     pair: tuple[socket.socket, socket.socket], record_platform: list[float | None]
 ) -> None:
