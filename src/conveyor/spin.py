@@ -39,9 +39,9 @@ class SpinSelector(selectors.DefaultSelector):
     selector sleeps at once, trying a spin again once in ``_PROBE_EVERY`` waits; a try
     that catches something resumes spinning. A long wait (a call waiting for a task's
     result, an idle loop) is not held against spinning: one window is a small part of
-    it, and the next fast reply is still caught. ``allow``
-    is asked before each spin: the sync portal says no while other threads wait on it,
-    since a spinning thread keeps the GIL from them.
+    it, and the next fast reply is still caught. ``allow`` is asked before each spin:
+    the sync portal says no while other threads wait on it, since a spinning thread
+    keeps the GIL from them.
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, allow: Callable[[], bool] | None = None) -> None:
