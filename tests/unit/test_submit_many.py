@@ -68,8 +68,23 @@ async def test_one_idempotency_key_for_many_tasks_is_refused() -> None:
 
 async def test_priority_rules_are_applied_to_each_task() -> None:
     app = make_app(priority_rules=[PriorityRule(args={"repo": "^main$"}, priority=9)])
-    handles = await app.submit_many_async("build", [{"repo": "main"}, {"repo": "docs"}])
-    assert [(await app.get_async(h.id)).priority for h in handles] == [9, 5]
+    handles = await app.submit_many_async("build", [{"repo": "main"}, {"repo": "docs"}, {}, {"other": "main"}])
+    assert [(await app.get_async(h.id)).priority for h in handles] == [9, 5, 5, 5]
+    await app.aclose()
+
+
+async def test_tasks_whose_args_no_rule_reads_get_the_rules_answer_without_args() -> None:
+    """The first task of a batch matched an args rule; later ones without that arg
+    still go through the other rules (here a label rule), in order."""
+    rules = [PriorityRule(args={"repo": "^main$"}, priority=9), PriorityRule(labels="^urgent$", priority=7)]
+    app = make_app(priority_rules=rules)
+    args = [{"repo": "main"}, {"n": 1}, {"repo": "docs"}, {}]
+    plain = await app.submit_many_async("build", args)
+    urgent = await app.submit_many_async("build", args, SubmitOptions(labels=("urgent",)))
+    assert [(await app.get_async(h.id)).priority for h in plain] == [9, 5, 5, 5]
+    assert [(await app.get_async(h.id)).priority for h in urgent] == [9, 7, 7, 7]
+    one_by_one = [await app.submit_async("build", a, SubmitOptions(labels=("urgent",))) for a in args]
+    assert [(await app.get_async(h.id)).priority for h in one_by_one] == [9, 7, 7, 7]
     await app.aclose()
 
 
