@@ -307,3 +307,27 @@ async def test_the_count_table_matches_the_tasks_after_every_kind_of_write(open_
     await check()
     stats = await one.stats()
     assert sum(stats.counts.values()) == COPY_FROM + 12 and len(more) == 5  # purge takes dead letters only
+
+
+def test_a_connection_check_works_on_descriptors_past_1023() -> None:
+    """``select`` refuses descriptors from 1024 on: every pooled connection of a process
+    with many sockets open would have looked dead to the check before each call."""
+    import os
+    import resource
+    import socket
+
+    from conveyor.backends.postgres import _readable
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1500:
+        pytest.skip(f"the open-files limit ({soft}) leaves no descriptor past 1023 to test with")
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 1500)
+    try:
+        assert _readable(high) is False
+        b.send(b"x")
+        assert _readable(high) is True
+    finally:
+        os.close(high)
+        a.close()
+        b.close()

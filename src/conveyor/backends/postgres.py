@@ -166,16 +166,27 @@ async def _ended(conn: Conn) -> bool:
     round trip (psycopg_pool's ``check`` costs one per call, and waits a second before
     the next connection when a check fails)."""
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        if not _readable(conn.pgconn.socket):
+            return False
     except (psycopg.OperationalError, OSError, ValueError):
         return True  # no socket left: closed
-    if not readable:
-        return False
     try:
         await AsyncConnectionPool.check_connection(conn)
     except psycopg.Error:
         return True
     return False
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or hung up), without waiting. ``poll``
+    where there is one: ``select`` refuses descriptors past 1023, which a process with
+    many sockets open (a web server) hands out."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 class PostgresBackend:
