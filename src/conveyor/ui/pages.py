@@ -242,9 +242,11 @@ async def dlq(request: Request, viewer: Viewer) -> Response:
     q = request.query_params
     queue, name = params.queue(q), params.text(q, "name")
     cursor = params.text(q, "cursor")
-    failed, stats = await _dead_letters(request, queue)
-    if not failed and not cursor:  # shared figures up to a second old: a task that just failed must show
-        failed, stats = await _dead_letters(request, queue, fresh=True)
+    # counted now, not the shared figures up to a second old: a task that just failed must
+    # show (this page is opened by hand, never polled, so it counts once per view)
+    stats = await stats_of(request, fresh=True)
+    in_queue = (info.counts.get("failed", 0) for info in stats.queues if info.name == queue)
+    failed = stats.dlq_size if queue is None else sum(in_queue)
     if failed or cursor:
         page = await conveyor_of(request).list_tasks_async(TaskFilter(State.FAILED, queue, name), 50, cursor)
     else:  # an empty DLQ: a newest-first listing by state could walk every task to find none
@@ -254,13 +256,6 @@ async def dlq(request: Request, viewer: Viewer) -> Response:
         request, viewer, "dlq.html", nav="dlq", page=page, queue=queue or "", name=name or "", kept=kept,
         cursor=cursor, dlq_size=stats.dlq_size, notice=_notice(request),
     )  # fmt: skip
-
-
-async def _dead_letters(request: Request, queue: str | None, fresh: bool = False) -> tuple[int, Stats]:
-    """How many dead letters ``queue`` (None: every queue) holds, and the figures it came from."""
-    stats = await stats_of(request, fresh)
-    in_queue = (info.counts.get("failed", 0) for info in stats.queues if info.name == queue)
-    return (stats.dlq_size if queue is None else sum(in_queue)), stats
 
 
 NOTICES = {
