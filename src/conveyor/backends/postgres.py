@@ -64,6 +64,7 @@ from conveyor.backends.base import (
     check_bound,
     check_events,
 )
+from conveyor.backends.gather import Gather
 from conveyor.backends.postgres_listen import Listener
 from conveyor.backends.sqlfiles import load_migrations
 from conveyor.errors import BackendUnavailable, ConveyorError, InvalidInput
@@ -201,6 +202,7 @@ class PostgresBackend:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener = Listener(self._connect, self.channel)
         self._seen_seq = 0  # the listener's seq when the last claim began
+        self._gather = Gather(self._store)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class PostgresBackend:
                 raise
 
     async def close(self) -> None:
+        await self._gather.drain()
         await self._listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -302,6 +305,11 @@ class PostgresBackend:
     # --- TaskStore ---------------------------------------------------------------------
 
     async def task_enqueue_many(self, params: EnqueueParams) -> list[Enqueued]:
+        if len(params.tasks) < ops.COPY_FROM and ops.plain(params):
+            return await self._gather.submit(params)  # concurrent small submits share statements
+        return await self._store(params)
+
+    async def _store(self, params: EnqueueParams) -> list[Enqueued]:
         return await self._run(ops.enqueue, params, self.channel, self.pg.durable_submits)
 
     async def task_claim(self, params: ClaimParams) -> Claim:
