@@ -25,6 +25,7 @@ class Store:
         self.calls: list[list[str]] = []
         self.gates: list[asyncio.Event] = []
         self.refuse: set[str] = set()
+        self.refusal: type[Exception] = TaskExists
         self.down = False
 
     async def __call__(self, params: EnqueueParams) -> list[Enqueued]:
@@ -36,7 +37,7 @@ class Store:
         if self.down:
             raise BackendUnavailable("the engine is down")
         if self.refuse & set(ids):
-            raise TaskExists("a task with one of these ids already exists")
+            raise self.refusal("a task with one of these ids already exists")
         return [Enqueued(i, State.PENDING, True) for i in ids]
 
     async def open_all(self) -> None:
@@ -98,8 +99,10 @@ async def test_a_shared_statement_holds_at_most_most_tasks() -> None:
     assert [len(c) for c in store.calls] == [1, 3, 2, 5]
 
 
-async def test_a_refused_shared_statement_sends_each_caller_alone() -> None:
+@pytest.mark.parametrize("refusal", [TaskExists, RuntimeError])
+async def test_a_refused_shared_statement_sends_each_caller_alone(refusal: type[Exception]) -> None:
     store = Store()
+    store.refusal = refusal
     gather = Gather(store, lanes=1)
     bad = params(2)
     store.refuse = {bad.tasks[1].id}
@@ -108,7 +111,7 @@ async def test_a_refused_shared_statement_sends_each_caller_alone() -> None:
     await settle()
     await store.open_all()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    assert isinstance(outcomes[2], TaskExists)
+    assert isinstance(outcomes[2], refusal)
     assert [e.id for e in outcomes[1]] == ids(waiting[0])  # type: ignore[union-attr]
     assert [e.id for e in outcomes[3]] == ids(waiting[2])  # type: ignore[union-attr]
     assert store.calls[1:] == [[i for p in waiting for i in ids(p)], *(ids(p) for p in waiting)]
@@ -169,3 +172,18 @@ async def test_drain_waits_for_the_shared_statements_started() -> None:
     await store.open_all()
     await drained
     assert all(c.done() for c in calls)
+
+
+async def test_a_shared_statement_cancelled_cancels_its_callers_instead_of_leaving_them_waiting() -> None:
+    store = Store()
+    gather = Gather(store, lanes=1)
+    calls = [asyncio.ensure_future(gather.submit(params())) for _ in range(3)]
+    await settle()
+    store.gates[0].set()
+    await settle()
+    shared = asyncio.all_tasks() - {asyncio.current_task(), *calls}
+    assert len(shared) == 1  # the statement the two waiters share
+    shared.pop().cancel()
+    await settle()
+    assert calls[0].done() and not calls[0].cancelled()
+    assert calls[1].cancelled() and calls[2].cancelled()

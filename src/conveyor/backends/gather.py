@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from conveyor.backends.base import Enqueued, EnqueueParams
-from conveyor.errors import BackendUnavailable, ConveyorError
+from conveyor.errors import BackendUnavailable
 
 Store = Callable[[EnqueueParams], Awaitable[list[Enqueued]]]
 _Waiter = tuple[EnqueueParams, "asyncio.Future[list[Enqueued]]"]
@@ -94,16 +94,12 @@ class Gather:
             merged = EnqueueParams([t for params, _ in group for t in params.tasks])
             try:
                 results = await self._store(merged)
-            except BackendUnavailable as exc:
+            except BackendUnavailable as exc:  # its commit may or may not have happened
                 for _, future in group:
                     _fail(future, exc)
-            except ConveyorError:  # one caller's task was refused: each goes alone
+            except Exception:  # refused whole, nothing stored: each caller's tasks go alone
                 for params, future in group:
                     await self._alone(params, future)
-            except BaseException as exc:
-                for _, future in group:
-                    _fail(future, exc)
-                raise
             else:
                 start = 0
                 for params, future in group:
@@ -111,6 +107,10 @@ class Gather:
                     if not future.done():
                         future.set_result(results[start:end])
                     start = end
+        except BaseException:  # cancelled (the loop is shutting down): so are its callers
+            for _, future in group:
+                future.cancel()
+            raise
         finally:
             self._busy -= 1
             self._next()
@@ -127,9 +127,6 @@ class Gather:
                 future.set_result(result)
 
 
-def _fail(future: asyncio.Future[list[Enqueued]], exc: BaseException) -> None:
+def _fail(future: asyncio.Future[list[Enqueued]], exc: Exception) -> None:
     if not future.done():
-        if isinstance(exc, asyncio.CancelledError):
-            future.cancel()
-        else:
-            future.set_exception(exc)
+        future.set_exception(exc)
