@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,37 @@ def test_submit_while_the_server_is_down_raises_backend_unavailable(cluster: Clu
     cluster.start()
     pg_client.submit("it.once", {"marks": "/nonexistent", "key": "k2"})  # the first call after it
     assert len(pg_client.list_tasks().items) == 2
+
+
+def test_concurrent_submits_while_the_server_is_down_each_fail_and_none_hangs(
+    cluster: Cluster, pg_client: Conveyor
+) -> None:
+    """Submits from many threads share statements (``conveyor.backends.gather``): an
+    outage must reach every caller of a shared statement, and nothing may be half-stored."""
+
+    def submit_all(key: str, callers: int = 12) -> list[BaseException | None]:
+        def one(i: int) -> BaseException | None:
+            try:
+                pg_client.submit("it.once", {"marks": "/nonexistent", "key": f"{key}-{i}"})
+            except BaseException as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(callers) as pool:
+            return list(pool.map(one, range(callers), timeout=30))
+
+    assert submit_all("before", 1) == [None]  # the backend is open: its pool's connections die
+    cluster.stop()
+    try:
+        started = time.monotonic()
+        outcomes = submit_all("down")
+        assert all(isinstance(o, BackendUnavailable) for o in outcomes), outcomes
+        assert time.monotonic() - started < 20
+    finally:
+        cluster.start()
+    assert submit_all("up") == [None] * 12
+    stored = sorted(t.args["key"] for t in pg_client.list_tasks(limit=100).items)
+    assert stored == sorted(["before-0", *(f"up-{i}" for i in range(12))])
 
 
 def test_after_a_long_outage_the_first_call_finds_the_server_again(cluster: Cluster, pg_client: Conveyor) -> None:
