@@ -1,6 +1,7 @@
 """Submits per second through one ``conveyor api`` process, single and batched.
 
-Starts ``conveyor api`` on a fresh SQLite file (rate limit off, auth on), then drives
+Starts ``conveyor api`` on a fresh SQLite file, or on ``--url``'s engine under a schema or
+key prefix of its own (rate limit off, auth on), then drives
 it from separate load-generator processes (``--connections`` keep-alive connections
 in all, each with one request in flight) and reports throughput, p50/p99 latency and
 the API process's CPU time per request, the median of ``--runs`` runs::
@@ -8,6 +9,7 @@ the API process's CPU time per request, the median of ``--runs`` runs::
     .venv/bin/python bench/api_load.py                 # single and batch, 3 runs each
     .venv/bin/python bench/api_load.py --mode single --seconds 5 --json
     .venv/bin/python bench/api_load.py --client httpx  # the same load through httpx.AsyncClient
+    .venv/bin/python bench/api_load.py --url postgresql://127.0.0.1/test   # on PostgreSQL
 
 Two clients: ``raw`` (default) writes prebuilt HTTP/1.1 requests on asyncio
 connections and reads the answers by ``Content-Length``, tens of microseconds per
@@ -42,6 +44,8 @@ from typing import Any, cast
 
 import httpx
 
+from conveyor.bench import Scratch
+
 TOKEN = "bench-token"
 
 
@@ -51,12 +55,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(db: Path, port: int, log: Path, access_log: bool) -> subprocess.Popen[bytes]:
+def start_api(url: str, port: int, log: Path, access_log: bool) -> subprocess.Popen[bytes]:
     import hashlib
 
     tokens = [{"name": "bench", "role": "submit", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")} | {
-        "CONVEYOR_URL": f"sqlite:///{db}",
+        "CONVEYOR_URL": url,
         "CONVEYOR_API__TOKENS": json.dumps(tokens),
         "CONVEYOR_API__RATE_LIMIT": "0",
         "CONVEYOR_API__ACCESS_LOG": "true" if access_log else "false",
@@ -67,7 +71,7 @@ def start_api(db: Path, port: int, log: Path, access_log: bool) -> subprocess.Po
         env=env,
         stdout=out,
         stderr=out,
-        cwd=db.parent,
+        cwd=log.parent,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -270,6 +274,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-access-log", action="store_true", help="turn the JSON access log off")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--url",
+        help="engine to submit to (default: a fresh SQLite file); PostgreSQL and Redis get a schema "
+        "or key prefix of their own, dropped at the end",
+    )
     ns = parser.parse_args()
     modes = ["single", "batch"] if ns.mode == "both" else [ns.mode]
     report: dict[str, Any] = {
@@ -280,9 +289,10 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "loadavg_before": os.getloadavg()[0],
     }
+    scratch = Scratch(ns.url)  # a fresh SQLite file, PostgreSQL schema or Redis key prefix
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        proc = start_api(Path(tmp) / "bench.db", port, Path(tmp) / "api.log", not ns.no_access_log)
+        proc = start_api(scratch.place("api").url, port, Path(tmp) / "api.log", not ns.no_access_log)
         try:
             base = f"http://127.0.0.1:{port}"
             run_once(base, "single", ns.batch, ns.connections, ns.procs, 1.0, ns.client, proc.pid)  # warm-up
@@ -300,6 +310,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=15)
+            scratch.cleanup()
     report["loadavg_after"] = os.getloadavg()[0]
     if ns.json:
         print(json.dumps(report, indent=2))

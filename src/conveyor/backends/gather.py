@@ -15,6 +15,11 @@ would have failed each of them alone (``BackendUnavailable``: nothing half-writt
 
 A caller cancelled while it waits takes its tasks out; one cancelled while its
 statement runs may find its tasks stored, as with any cancelled network call.
+
+The HTTP API gathers its single submits a step earlier, per event-loop iteration and
+for every engine (``conveyor.api.submit``); its batches then come here like any
+other submit. This one lives in the engine because only there does an in-flight
+statement say when waiting pays: it adds no step to a submit that finds a lane free.
 """
 
 from __future__ import annotations
