@@ -243,6 +243,22 @@ def test_queue_max_length_set_at_run_time_refuses_submits_beyond_it(cli: Cli) ->
     assert "--task" in one_error_line(cli("queues", "job.x", "--task", "--max-length", "3", code=2))
 
 
+def test_queue_settings_print_what_patch_queues_returns_with_json(cli: Cli) -> None:
+    """SPEC §8: ``--json`` prints the HTTP API's object, here ``PATCH /queues/{name}``'s
+    ``QueueInfo``, whichever settings change; a task name's controls have no HTTP form."""
+    cli.submit("job.x", "--queue", "mail")
+    row = {"name", "counts", "pending_by_band", "paused", "max_length"}
+    paused = cli.json("queues", "mail", "--pause", "--rate-limit", "5/s")
+    assert set(paused) == row and paused["paused"] is True and paused["counts"]["pending"] == 1
+    assert set(cli.json("queues", "mail", "--concurrency", "3", "--max-length", "9")) == row
+    resumed = cli.json("queues", "mail", "--resume", "--rate-limit", "none", "--concurrency", "none")
+    assert resumed["paused"] is False and resumed["max_length"] == 9  # a bound not named stays
+    empty = cli.json("queues", "nothing-yet", "--pause")
+    assert (empty["name"], empty["paused"], set(empty["counts"].values())) == ("nothing-yet", True, {0})
+    assert cli.json("queues", "job.x", "--task", "--concurrency", "2")["kind"] == "task"
+    assert "paused" in cli("queues", "mail", "--pause").stdout  # the table still shows the flow settings
+
+
 def test_worker_runs_tasks_and_dead_letters_can_be_replayed_and_purged(cli: Cli, worker: subprocess.Popen[str]) -> None:
     ok = cli.json("submit", "t.double", "--args", '{"x": 21}', "--app", "cli_tasks:app")
     booms = [cli.submit("t.boom", "--args", json.dumps({"n": n})) for n in range(3)]

@@ -130,12 +130,14 @@ def apply_queue_settings(url: str | None, update: QueueUpdate, as_json: bool) ->
         out.print(limits_table([control]))
 
 
-def apply_queue_bound(
-    url: str | None, name: str, update: QueueUpdate | None, max_length: int | None, as_json: bool
+def apply_queue_update(
+    url: str | None, name: str, update: QueueUpdate | None, bound: tuple[bool, int | None], as_json: bool
 ) -> None:
-    """``conveyor queues NAME --max-length N|none [...]``: the bound and any other change in
-    one ``queue_update`` (what ``PATCH /queues`` does); prints the queue's row."""
+    """``conveyor queues NAME [--max-length N|none] [...]``: every change in one
+    ``queue_update`` (what ``PATCH /queues`` does); prints the queue's row, so ``--json``
+    prints what the API returns. ``bound``: whether ``--max-length`` was given, and its value."""
     change = update or QueueUpdate(name)
+    given, max_length = bound
     with connect(url) as app:
         info = app.run_sync(
             app.queue_update_async(
@@ -144,7 +146,7 @@ def apply_queue_bound(
                 rate_limit=change.rate_limit,
                 concurrency=change.concurrency,
                 max_length=max_length,
-                clear=[*change.reset, *([] if max_length is not None else ["max_length"])],
+                clear=[*change.reset, *(["max_length"] if given and max_length is None else [])],
             )
         )
     if as_json:

@@ -97,9 +97,9 @@ def queues(
             raise InvalidInput("--max-length bounds a queue, not a task name: drop --task")
         if api:
             _remote_queue_update(api, token, name, update, as_json, (bound_given, bound))
-        elif bound_given:
-            flow.apply_queue_bound(url, name, update, bound, as_json)
-        else:
+        elif bound_given or (as_json and (update is None or update.kind == "queue")):
+            flow.apply_queue_update(url, name, update, (bound_given, bound), as_json)
+        else:  # a task name's controls, or a queue's shown as its flow settings
             assert update is not None
             flow.apply_queue_settings(url, update, as_json)
         return
