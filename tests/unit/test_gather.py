@@ -145,15 +145,22 @@ async def test_a_caller_cancelled_while_it_waits_is_not_sent() -> None:
         await calls[1]
 
 
-async def test_a_caller_cancelled_while_its_statement_runs_leaves_the_others_their_results() -> None:
-    store = Store()
+async def shared_running(store: Store, *waiting: EnqueueParams) -> list[asyncio.Future[list[Enqueued]]]:
+    """One lane: a first submit, then ``waiting``; returns once the first has ended and
+    the waiters' shared statement is in flight."""
     gather = Gather(store, lanes=1)
-    gone, kept = params(), params()
-    calls = [asyncio.ensure_future(gather.submit(p)) for p in [params(), gone, kept]]
+    calls = [asyncio.ensure_future(gather.submit(p)) for p in [params(), *waiting]]
     await settle()
     store.gates[0].set()
     await settle()
-    assert store.calls[1] == ids(gone) + ids(kept)
+    assert store.calls[1] == [i for p in waiting for i in ids(p)]
+    return calls
+
+
+async def test_a_caller_cancelled_while_its_statement_runs_leaves_the_others_their_results() -> None:
+    store = Store()
+    gone, kept = params(), params()
+    calls = await shared_running(store, gone, kept)
     calls[1].cancel()
     await store.open_all()
     assert [e.id for e in await calls[2]] == ids(kept)
@@ -176,11 +183,7 @@ async def test_drain_waits_for_the_shared_statements_started() -> None:
 
 async def test_a_shared_statement_cancelled_cancels_its_callers_instead_of_leaving_them_waiting() -> None:
     store = Store()
-    gather = Gather(store, lanes=1)
-    calls = [asyncio.ensure_future(gather.submit(params())) for _ in range(3)]
-    await settle()
-    store.gates[0].set()
-    await settle()
+    calls = await shared_running(store, params(), params())
     shared = asyncio.all_tasks() - {asyncio.current_task(), *calls}
     assert len(shared) == 1  # the statement the two waiters share
     shared.pop().cancel()
