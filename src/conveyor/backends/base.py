@@ -77,6 +77,12 @@ class EnqueueParams:
     tasks: Sequence[NewTask]
     max_length: dict[str, int] = field(default_factory=dict)
 
+    def plain(self) -> bool:
+        """No idempotency key, bounded queue or dependency: nothing to look up, lock or
+        check first, so these tasks may share one write with other submits' (``gather``)."""
+        bounds = self.max_length
+        return not any(t.idempotency_key is not None or t.depends_on or t.queue in bounds for t in self.tasks)
+
 
 class Enqueued(NamedTuple):
     """Outcome of one submitted task: its id and whether this call created it (a

@@ -305,7 +305,7 @@ class PostgresBackend:
     # --- TaskStore ---------------------------------------------------------------------
 
     async def task_enqueue_many(self, params: EnqueueParams) -> list[Enqueued]:
-        if len(params.tasks) < ops.COPY_FROM and ops.plain(params):
+        if len(params.tasks) < ops.COPY_FROM and params.plain():
             return await self._gather.submit(params)  # concurrent small submits share statements
         return await self._store(params)
 

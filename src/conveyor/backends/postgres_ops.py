@@ -132,7 +132,7 @@ async def enqueue(conn: Conn, params: EnqueueParams, channel: str, durable: bool
     tasks = params.tasks
     if not tasks:
         return []
-    if plain(params):
+    if params.plain():
         fresh = [(t, t.initial_state) for t in tasks]
         await _insert(conn, fresh, {}, frozenset(), channel, durable)
         return [Enqueued(t.id, state, True) for t, state in fresh]
@@ -155,12 +155,6 @@ async def enqueue(conn: Conn, params: EnqueueParams, channel: str, durable: bool
             changed = await _link(cur, deps, channel)
             results = [Enqueued(e.id, changed.get(e.id, e.state), e.created) for e in results]
     return results
-
-
-def plain(params: EnqueueParams) -> bool:
-    """No idempotency key, bounded queue or dependency: nothing to lock or check first,
-    so the tasks are one insert (and may share it with other submits: ``gather``)."""
-    return not any(t.idempotency_key is not None or t.depends_on or t.queue in params.max_length for t in params.tasks)
 
 
 async def _insert(
