@@ -105,14 +105,18 @@ def needs_fix(flag: str) -> str:
     return "fixed"
 
 
-async def sleepy_async(counter: str, seconds: float) -> str:
+async def sleepy_async(counter: str, seconds: float, own_timeout: bool = False) -> str:
     count_attempt(counter)
+    if own_timeout:  # a timeout of the task's own (a socket's), well within the task's limit
+        raise TimeoutError("the socket timed out")
     await asyncio.sleep(seconds)
     return "woke up"
 
 
-def sleepy_sync(counter: str, seconds: float) -> str:
+def sleepy_sync(counter: str, seconds: float, own_timeout: bool = False) -> str:
     count_attempt(counter)
+    if own_timeout:
+        raise TimeoutError("the socket timed out")
     time.sleep(seconds)
     return "woke up"
 

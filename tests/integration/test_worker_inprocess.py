@@ -227,6 +227,22 @@ async def test_task_past_its_timeout_is_stopped_retried_then_failed(
     assert (task.finished_at - task.started_at).total_seconds() < 1.0  # stopped, not waited out
 
 
+@pytest.mark.parametrize(
+    ("pool", "name"),
+    [("async", "it.sleepy_async"), ("threads", "it.sleepy_sync"), ("processes", "it.sleepy_sync")],
+)
+async def test_a_tasks_own_timeout_error_is_an_ordinary_error_not_its_time_limit(
+    mem_app: Conveyor, tmp_path: Path, pool: str, name: str
+) -> None:
+    counter = str(tmp_path / "sleepy")
+    handle = await submit(mem_app, name, counter=counter, seconds=0, own_timeout=True)  # timeout 0.3 s, 1 retry
+    async with running(mem_app, pool=pool, concurrency=2):
+        (task,) = await finished(mem_app, handle)
+    assert (task.state, task.failure_reason, task.attempts) == (State.FAILED, FailureReason.RETRIES_EXHAUSTED, 2)
+    assert task.error is not None
+    assert (task.error.type, task.error.message) == ("TimeoutError", "the socket timed out")
+
+
 async def test_thread_pool_replaces_an_abandoned_thread_and_never_reruns_an_attempt(
     memory_url: str, tmp_path: Path
 ) -> None:
@@ -279,6 +295,18 @@ async def test_stop_finishes_running_tasks_and_releases_unstarted_ones(memory_ur
         else:
             assert (t.state, t.attempts) == (State.PENDING, 0)
             assert transitions(t)[-2:] == ["claim", "release"]
+
+
+async def test_a_grace_of_zero_releases_running_tasks_at_once(memory_url: str, marks: Path) -> None:
+    app = build_app(memory_url, settings=fast_settings(memory_url, shutdown_grace=0))
+    handle = await submit(app, "it.slow", marks=str(marks), key="t", seconds=30)
+    started = time.monotonic()
+    async with running(app, concurrency=1):
+        await wait_for(lambda: len(marks_of(marks, "start")) == 1, what="the task to start")
+    assert time.monotonic() - started < 10  # not the task's 30 s
+    task = await app.get_async(handle.id)
+    assert task.state == State.PENDING and transitions(task)[-1] == "release"
+    assert [key for key, _ in marks_of(marks, "stopped")] == ["t"]
 
 
 async def test_auto_prefetch_claims_ahead_only_while_tasks_are_short(memory_url: str, marks: Path) -> None:

@@ -43,10 +43,13 @@ class Pool(Protocol):
 async def _with_timeout(aw: Any, timeout: float | None) -> Any:
     if timeout is None:
         return await aw
+    deadline = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadline:
             return await aw
     except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # the task's own TimeoutError (a socket's, say): an ordinary error, retry rules apply
         raise TaskTimeout(f"timed out after {timeout} s") from exc
 
 

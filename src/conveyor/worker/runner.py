@@ -405,7 +405,7 @@ class Worker:
         running = [a.task for a in self._inflight.values() if a.started and a.task]
         if running:
             log.info("waiting up to %.0f s for %d running tasks", self.cfg.shutdown_grace, len(running))
-            await asyncio.wait(running, timeout=self.cfg.shutdown_grace or None)
+            await asyncio.wait(running, timeout=self.cfg.shutdown_grace)  # 0: release them at once
         leftovers = list(self._inflight.values())
         for attempt in leftovers:
             if attempt.task and not attempt.task.done():
