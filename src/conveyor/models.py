@@ -53,7 +53,7 @@ class HistoryEntry(BaseModel):
 
 
 class TaskSpec(BaseModel):
-    """A submit request: the input fields of SPEC §1. Unknown fields are refused."""
+    """A submit request: the fields a caller sets on a task. Unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -180,7 +180,7 @@ class Task(BaseModel):
 
 
 class WorkerState(StrEnum):
-    """Worker states (SPEC §5)."""
+    """Worker states."""
 
     IDLE = "idle"
     BUSY = "busy"
