@@ -17,8 +17,11 @@ Missed ticks (nothing was running when they came) follow ``catch_up``:
 * ``none``: only ticks that come while a scheduler runs;
 * ``all``: each missed tick, the ``max_catch_up`` most recent at most.
 
-The same rule covers a scheduler that stalled (a suspended machine): of the ticks it
-slept through, ``all`` fires up to ``max_catch_up``, the others the newest one.
+A scheduler that stalled (a suspended machine) fires, of the ticks it slept
+through, up to ``max_catch_up`` (``all``) or the newest one (``latest`` and ``none``:
+a running scheduler that was slow does not drop a tick). A first pass cannot tell a
+new schedule from one whose ticks were all missed: ``all`` then fires up to
+``max_catch_up`` past ticks.
 This module is pure: the loop that fires schedules is ``conveyor.worker.scheduler``.
 """
 
