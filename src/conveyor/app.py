@@ -97,6 +97,9 @@ class Conveyor:
                 raise InvalidInput(f"task name {name!r} is already registered")
             check_task_options(name, opts)
             td: TaskDef[Any, Any] = TaskDef(self, f, name, **opts)
+            for schedule in self.schedules.values():  # config schedules of this task
+                if schedule.task == name:
+                    _check_schedule_args(td, schedule)
             self.tasks[name] = td
             return td
 
@@ -148,7 +151,7 @@ class Conveyor:
             raise InvalidInput(f"schedule name {schedule.name!r} is already declared", schedule=schedule.name)
         td = self.tasks.get(schedule.task)
         if td is not None:
-            td.check_args(schedule.args)
+            _check_schedule_args(td, schedule)
         self.schedules[schedule.name] = schedule
         return schedule
 
@@ -646,6 +649,15 @@ def spec_from(name: str, args: dict[str, Any], opts: SubmitOptions) -> TaskSpec:
         raise InvalidInput(describe_validation(exc)) from exc
 
 
+def _check_schedule_args(td: TaskDef[Any, Any], schedule: Schedule) -> None:
+    """Refuse a schedule whose ``args`` its task cannot take, naming the schedule: else
+    every tick would be stored and then fail."""
+    try:
+        td.check_args(schedule.args)
+    except InvalidInput as exc:
+        raise InvalidInput(f"schedule {schedule.name!r}: {exc.message}", schedule=schedule.name) from exc
+
+
 def describe_validation(exc: Any) -> str:
     """One line naming each bad field, for CLI and API error messages."""
     parts = []
@@ -657,7 +669,7 @@ def describe_validation(exc: Any) -> str:
 
 # One shared encoder: ``json.dumps(..., allow_nan=False)`` builds a new encoder per call,
 # which was about half the cost of this check on every submit.
-_strict_json = json.JSONEncoder(allow_nan=False).encode
+_strict_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
 
 
 def _as_args(args: Any) -> dict[str, Any]:
@@ -739,6 +751,13 @@ def _check_json(args: dict[str, Any]) -> None:
     if not args:
         return
     try:
-        _strict_json(args)
+        text = _strict_json(args)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"task args must be JSON-serializable: {exc}") from exc
+    if not text.isascii():
+        try:
+            text.encode()  # a lone surrogate: no engine can store it
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"task args hold text that is not valid Unicode: {exc.reason} ({exc.object[exc.start : exc.end]!r})"
+            ) from None

@@ -85,7 +85,24 @@ class TaskSpec(BaseModel):
         for tag in v:
             if not tag or len(tag) > 200:
                 raise ValueError("labels and tags must be 1-200 characters")
-        return v
+        return _texts(v)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        return _texts(v)
+
+
+def _texts(values: list[str]) -> list[str]:
+    """Refuse a lone UTF-16 surrogate (JSON's ``"\\ud800"``): Python holds it, but no
+    engine can store it, and it would fail a whole group commit instead of one submit."""
+    for text in values:
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{text!r} is not valid Unicode text (a lone surrogate)") from None
+    return values
 
 
 @dataclass(slots=True)

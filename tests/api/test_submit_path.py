@@ -131,6 +131,55 @@ async def test_a_full_queue_refuses_only_the_submits_over_its_bound(make_app: Ap
         assert sorted(t["args"]["i"] for t in listed) == [0, 1, 2]
 
 
+LONE_SURROGATES = [
+    b'{"name": "a", "args": {"x": "\\ud800"}}',
+    b'{"name": "a", "args": {"\\udc00": 1}}',
+    b'{"name": "a", "labels": ["\\ud800"]}',
+    b'{"name": "a", "requires": ["x\\udfff"]}',
+    b'{"name": "a", "depends_on": ["\\ud800"]}',
+]
+
+
+async def test_a_lone_surrogate_is_refused_alone_and_the_concurrent_submits_are_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    json_headers = ADMIN | {"content-type": "application/json"}
+    good = [client.post("/tasks", json={"name": "a", "args": {"i": i, "s": "😀"}}, headers=ADMIN) for i in range(30)]
+    bad = [client.post("/tasks", content=body, headers=json_headers) for body in LONE_SURROGATES]
+    rs = await asyncio.gather(*good[:15], *bad, *good[15:])
+    for r in rs[15 : 15 + len(bad)]:
+        assert_error(r, 422, "ValidationError")
+        assert "Unicode" in r.json()["error"]["message"]
+    ok = rs[:15] + rs[15 + len(bad) :]
+    assert [r.status_code for r in ok] == [201] * 30
+    listed = (await client.get("/tasks", params={"limit": 100}, headers=ADMIN)).json()["items"]
+    assert sorted(t["args"]["i"] for t in listed) == list(range(30))
+    for path, body in [
+        ("/tasks/batch", b'{"tasks": [{"name": "a"}, {"name": "a", "args": {"x": "\\ud800"}}]}'),
+        ("/dlq/replay", b'{"ids": ["\\ud800"]}'),
+    ]:
+        r = await client.post(path, content=body, headers=json_headers)
+        assert_error(r, 422, "ValidationError")
+    assert len((await client.get("/tasks", params={"limit": 100}, headers=ADMIN)).json()["items"]) == 30
+
+
+async def test_an_unforeseen_error_fails_only_its_own_submit(make_app: AppFactory, client_for: Any) -> None:
+    app = make_app()
+    async with client_for(app) as client:
+        backend = await app.state.conveyor.backend()
+        real = backend.task_enqueue_many
+
+        async def fragile(params: EnqueueParams) -> list[Enqueued]:
+            if any(t.args.get("boom") for t in params.tasks):
+                raise RuntimeError("an engine error no check foresaw")
+            return await real(params)
+
+        backend.task_enqueue_many = fragile
+        bodies = [{"name": "a", "args": {"i": i, "boom": i == 7}} for i in range(20)]
+        rs = await asyncio.gather(*(client.post("/tasks", json=b, headers=ADMIN) for b in bodies))
+    assert [r.status_code for r in rs] == [500 if i == 7 else 201 for i in range(20)]
+
+
 async def test_concurrent_repeats_of_an_idempotency_key(client: httpx.AsyncClient) -> None:
     body = {"name": "a", "idempotency_key": "once"}
     rs = await asyncio.gather(*(client.post("/tasks", json=body, headers=ADMIN) for _ in range(4)))

@@ -126,6 +126,12 @@ def install(app: FastAPI, retry_after: int) -> None:
         code = _HTTP_CODES.get(exc.status_code, "HTTPError")
         return error_response(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
+    async def on_bad_text(_: Request, exc: Exception) -> JSONResponse:
+        # A lone UTF-16 surrogate ("\ud800" in the JSON) that reached an engine
+        # through a field no model checks: bad input, not a server error.
+        return error_response(422, "ValidationError", "invalid request: a string is not valid Unicode text")
+
+    app.add_exception_handler(UnicodeEncodeError, on_bad_text)
     app.add_exception_handler(ConveyorError, on_conveyor)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

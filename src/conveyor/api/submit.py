@@ -7,9 +7,10 @@ transaction, one commit), and ``fresh_task`` describes a new task from what was
 stored, as the engine would read it back (``GET /tasks/{id}`` returns the same).
 
 Each submit keeps the outcome it would have had alone: if the shared batch is
-refused for a per-task reason (``QueueFull``, an unknown ``depends_on`` id...), the
-tasks are submitted again one by one, in arrival order, so one full queue does not
-fail the others. An outage (``BackendUnavailable``) or a bug fails the whole batch.
+refused for a per-task reason (``QueueFull``, an unknown ``depends_on`` id, or an
+error no check foresaw), the tasks are submitted again one by one, in arrival order,
+so one full queue does not fail the others. An outage (``BackendUnavailable``) fails
+the whole batch.
 """
 
 from __future__ import annotations
@@ -138,10 +139,14 @@ class SubmitBatcher:
                 await self._keep_stored(backend, batch, exc)
             else:
                 await self._one_by_one(backend, batch)
+        except Exception as exc:  # not ours (a bug, or input no check caught): only its submit should fail
+            if backend is None or len(batch) == 1:
+                _fail(batch, exc)
+            else:
+                await self._one_by_one(backend, batch)
         except BaseException as exc:
             _fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
+            raise
         else:
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
