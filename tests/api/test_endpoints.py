@@ -172,6 +172,11 @@ async def test_patch_queue_pauses_and_limits(client: httpx.AsyncClient) -> None:
     assert [q["paused"] for q in limited if q["name"] == "emails"] == [True]
     r = await client.patch("/queues/emails", json={"paused": None, "rate_limit": None}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["paused"] is False  # null removes the setting
+    for huge in (2**31, 2**63, 1e30):  # refused whole: the bound given beside it is not stored either
+        body = {"paused": True, "max_length": 7, "rate_limit": "5/s", "concurrency": huge}
+        assert_error(await client.patch("/queues/emails", json=body, headers=ADMIN), 422, "ValidationError")
+    (row,) = [q for q in (await client.get("/queues", headers=ADMIN)).json() if q["name"] == "emails"]
+    assert (row["paused"], row["max_length"]) == (False, None)
 
 
 async def test_patch_queue_max_length_bounds_submits_at_once_and_null_restores_config(

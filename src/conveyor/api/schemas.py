@@ -57,7 +57,7 @@ class QueuePatch(BaseModel):
 
     paused: bool | None = None
     rate_limit: str | None = Field(default=None, max_length=50, examples=["100/s"])
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1, le=2**31 - 1)
     max_length: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 

@@ -34,11 +34,13 @@ from typing import Literal
 from pydantic import BaseModel
 
 from conveyor.errors import InvalidInput
+from conveyor.models import NAME_PATTERN, QUEUE_PATTERN
 from conveyor.priority import MAX_PRIORITY, MIN_PRIORITY
 
 Kind = Literal["queue", "task"]
 Key = tuple[str, str]  # (kind, name)
 KINDS: tuple[Kind, ...] = ("queue", "task")
+MAX_LIMIT = 2**31 - 1  # concurrency and breaker thresholds: what every engine's integer holds
 DEFAULT_COOLDOWN = 30.0
 #: priority levels, best first: with aging on, an engine looks at the head of each
 AGING_LEVELS: list[int] = list(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))
@@ -181,8 +183,9 @@ def check_update(update: QueueUpdate) -> None:
     """``InvalidInput`` naming the first bad field of ``update``."""
     if update.kind not in KINDS:
         raise InvalidInput(f"invalid kind {update.kind!r}: expected 'queue' or 'task'")
-    if not update.name or len(update.name) > 200:
-        raise InvalidInput("a queue or task name must be 1-200 characters")
+    pattern = QUEUE_PATTERN if update.kind == "queue" else NAME_PATTERN
+    if not re.fullmatch(pattern, update.name):  # a name no submit could use
+        raise InvalidInput(f"invalid {update.kind} name {update.name!r}: expected {pattern}")
     unknown = set(update.reset) - _RESETTABLE
     if unknown:
         raise InvalidInput(
@@ -191,8 +194,8 @@ def check_update(update: QueueUpdate) -> None:
     if update.rate_limit is not None:
         parse_rate(update.rate_limit)
     for label, value in (("concurrency", update.concurrency), ("breaker_threshold", update.breaker_threshold)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InvalidInput(f"invalid {label} {value!r}: expected a whole number of at least 1")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT):
+            raise InvalidInput(f"invalid {label} {value!r}: expected a whole number from 1 to {MAX_LIMIT}")
     if update.breaker_cooldown is not None and not (0 < update.breaker_cooldown <= 86400 * 7):
         raise InvalidInput(f"invalid breaker_cooldown {update.breaker_cooldown!r}: expected 0 < seconds <= 604800")
 
