@@ -157,6 +157,7 @@ def plan(
     order = check_graph(spec.nodes)
     by_key = {n.key: n for n in spec.nodes}
     built: dict[str, NewTask] = {}
+    keyed: dict[tuple[str, str], str] = {}  # (queue, idempotency key) -> the node that has it
     for key in order:
         node = by_key[key]
         data: dict[str, Any] = {f: getattr(node, f) for f in node.model_fields_set if f not in ("key", "depends_on")}
@@ -164,6 +165,14 @@ def plan(
             task = build(TaskSpec.model_validate(data))
         except InvalidInput as exc:
             raise InvalidInput(f"invalid workflow node {key!r}: {exc.message}", key=key) from exc
+        if task.idempotency_key is not None:  # two nodes would collapse into one task
+            other = keyed.setdefault((task.queue, task.idempotency_key), key)
+            if other != key:
+                raise InvalidInput(
+                    f"workflow nodes {other!r} and {key!r} share idempotency_key {task.idempotency_key!r} "
+                    f"on queue {task.queue!r}: they would be one task",
+                    key=key,
+                )
         task.depends_on = [built[d].id for d in dict.fromkeys(node.depends_on)]
         task.workflow_id, task.workflow_key = workflow_id, key
         built[key] = task

@@ -201,3 +201,13 @@ async def test_node_with_a_repeated_idempotency_key_is_the_existing_task(app: Co
     assert stored.nodes["shared"].id == first.id
     assert stored.nodes["child"].depends_on == [first.id]
     assert stored.nodes["child"].state is State.WAITING
+
+
+async def test_two_nodes_with_one_idempotency_key_are_refused(app: Conveyor) -> None:
+    wf = app.workflow()
+    wf.node("a", "it.whoami", idempotency_key="w9")
+    wf.node("b", "it.whoami", idempotency_key="w9", depends_on=["a"])
+    wf.node("c", "it.whoami", idempotency_key="w9", queue="other")  # another queue: another key
+    with pytest.raises(InvalidInput, match="'a' and 'b' share idempotency_key 'w9'"):
+        await wf.submit_async()
+    assert (await app.list_tasks_async()).items == []
