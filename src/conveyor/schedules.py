@@ -31,11 +31,12 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from croniter import croniter  # type: ignore[import-untyped]  # ships no type hints
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]  # ships no type hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conveyor.errors import InvalidInput
 from conveyor.models import NAME_PATTERN, QUEUE_PATTERN, TaskSpec, to_dt
+from conveyor.priority import parse_priority
 
 CatchUp = Literal["latest", "none", "all"]
 START_GRACE = 1.0  # seconds: on start, ``none`` still fires a tick this recent
@@ -49,6 +50,10 @@ def check_cron(expr: str) -> str:
         raise ValueError(f"invalid cron expression {expr!r}: expected 5 fields (minute hour day month weekday)")
     if not croniter.is_valid(text):
         raise ValueError(f"invalid cron expression {expr!r}")
+    try:  # "0 0 31 2 *" parses, but every tick computation would then fail
+        croniter(text, datetime.now(UTC)).get_next(float)
+    except CroniterBadDateError:
+        raise ValueError(f"invalid cron expression {expr!r}: it matches no date") from None
     return text
 
 
@@ -70,6 +75,18 @@ class ScheduleConfig(BaseModel):
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
         return None if v is None else check_cron(v)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        """Checked here, not on each tick's submit (which would fail every time); the
+        value is kept as given, so listings show ``low`` rather than 2."""
+        if v is not None:
+            try:
+                parse_priority(v)
+            except InvalidInput as exc:  # a ValueError, so pydantic reports it with the rest
+                raise ValueError(exc.message) from exc
+        return v
 
     @model_validator(mode="after")
     def _one_timing(self) -> ScheduleConfig:

@@ -12,6 +12,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.backends.base import CancelParams, ClaimParams, Outcome, TaskFilter
 from conveyor.cli import backup
+from conveyor.errors import InvalidInput
 from conveyor.states import State
 from tests.cli.test_cli import Cli
 from tests.contract.helpers import engine_urls, format_url
@@ -74,6 +75,59 @@ def test_a_bad_line_stores_nothing_and_says_where(cli: Cli, tmp_path: Path, targ
     assert "cannot read" in missing.stderr
     unwritable = cli("export", str(tmp_path / "no-such-dir" / "out.jsonl"), code=2)
     assert "cannot write" in unwritable.stderr
+
+
+BAD_ROWS = {
+    "priority": ({"priority": 99}, "priority: Value error, invalid priority 99"),
+    "empty id": ({"id": ""}, "id: must be a task id"),
+    "made-up id": ({"id": "order-42"}, "id: must be a task id"),
+    "name": ({"name": "bad name!"}, "name: String should match pattern"),
+    "queue": ({"queue": "bad queue!"}, "queue: String should match pattern"),
+    "label": ({"labels": [""]}, "labels: Value error"),
+    "max_retries": ({"max_retries": 5000}, "max_retries: Input should be less than or equal to 1000"),
+    "attempts": ({"attempts": 10**30}, "attempts: must be between 0 and 1001"),
+    "running unleased": ({"state": "running"}, "state: a running task needs its worker_id and lease_expires_at"),
+    "waiting on nothing": ({"state": "waiting"}, "depends_on: a waiting task needs the tasks it waits for"),
+    "unknown parent": ({"state": "waiting", "depends_on": ["nope"]}, "depends_on: no task 'nope' in the file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_an_invalid_row_refuses_the_whole_file_naming_its_row_and_field(
+    cli: Cli, tmp_path: Path, target_url: str, case: str
+) -> None:
+    """Each was stored as given (or an OverflowError): a task no worker could ever run or finish."""
+    _fill(cli.url)
+    dump = tmp_path / "backup.jsonl"
+    cli("export", str(dump))
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    change, message = BAD_ROWS[case]
+    bad = rows[1]
+    bad.update(change)
+    dump.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    failed = cli("import", str(dump), "--url", target_url, code=2)
+    assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1, failed.stderr
+    assert f"task {bad['id']!r}: " in failed.stderr and message in failed.stderr, failed.stderr
+    if case != "unknown parent":  # found once the whole file is read: it names the task, not a line
+        assert "line 2" in failed.stderr
+    assert cli("export", "-", "--url", target_url).stdout == ""
+
+
+async def test_a_waiting_task_may_wait_on_a_stored_parent(tmp_path: Path) -> None:
+    source, target = Conveyor(f"sqlite:///{tmp_path / 's.db'}"), Conveyor(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        wf = source.workflow()
+        wf.node("parent", "t.a", {})
+        wf.node("child", "t.a", {}, depends_on=["parent"])
+        await wf.submit_async()
+        child, parent = (await source.list_tasks_async(TaskFilter(), 10)).items
+        with pytest.raises(InvalidInput, match=f"task {child.id!r}: depends_on: no task {parent.id!r}"):
+            await backup._import(target, [child])
+        assert await backup._import(target, [parent]) == 1
+        assert await backup._import(target, [child]) == 1
+    finally:
+        await source.aclose()
+        await target.aclose()
 
 
 @pytest.fixture(params=[engine for engine in engine_urls() if not engine.startswith("shards")])

@@ -91,6 +91,50 @@ def test_config_schedules_are_validated_and_loaded() -> None:
         load_settings(url="memory://cfg", schedules={"bad": {"every": 5, "task": "job", "colour": "red"}})
 
 
+@pytest.mark.parametrize("expr", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6 *"])
+def test_a_cron_expression_matching_no_date_is_refused_at_declaration(expr: str) -> None:
+    """It parses, but computing any tick fails: ``cron list`` and the scheduler broke."""
+    with pytest.raises(InvalidInput, match="matches no date"):
+        make_schedule("never", task="job", cron=expr)
+    with pytest.raises(ConfigError, match=r"schedules\.never\.cron: .*matches no date"):
+        load_settings(url="memory://cfg", schedules={"never": {"cron": expr, "task": "job"}})
+    assert make_schedule("leap", task="job", cron="0 0 29 2 *").next_ticks(T0, 1)  # rare, but real
+
+
+def test_a_schedule_priority_out_of_range_is_refused_at_declaration() -> None:
+    """Else every tick's submit fails validation, logged by the worker on each pass."""
+    app = Conveyor("memory://bad-priority")
+
+    @app.task(name="job")
+    def job() -> None: ...
+
+    for bad in (99, -1, "urgent", True):
+        with pytest.raises(InvalidInput, match="invalid priority"):
+            app.periodic(every=10, name="bad", priority=bad)(job)
+    with pytest.raises(ConfigError, match=r"schedules\.bad\.priority: .*invalid priority 99"):
+        load_settings(url="memory://cfg", schedules={"bad": {"every": 10, "task": "job", "priority": 99}})
+    assert app.schedules == {}
+    assert make_schedule("ok", task="job", every=10, priority="low").priority == "low"  # kept as given
+    assert make_schedule("ok", task="job", every=10, priority=10).spec(T0).priority == 10
+
+
+def test_config_schedule_args_are_checked_when_its_task_is_registered() -> None:
+    schedules = {"bad": {"every": 10, "task": "add", "args": {"zzz": 1}}, "good": {"every": 10, "task": "ok"}}
+    app = Conveyor(settings=Settings(url="memory://cfg-args", schedules=schedules))
+    with pytest.raises(InvalidInput, match="schedule 'bad': invalid args for task add"):
+
+        @app.task(name="add")
+        def add(x: int, y: int) -> int:
+            return x + y
+
+    assert "add" not in app.tasks
+
+    @app.task(name="ok")
+    def ok() -> None: ...
+
+    assert "ok" in app.tasks
+
+
 def test_interval_ticks_are_aligned_to_the_epoch_and_cron_ticks_to_the_expression() -> None:
     every = make_schedule("e", task="job", every=10)
     assert every.ticks(T0 - 25, T0 + 3, 10) == [T0 - 20, T0 - 10, T0]

@@ -6,11 +6,16 @@ engine's ``task_restore``, on any engine: a SQLite export restores into PostgreS
 Redis. The whole file is read and checked before anything is stored, so a bad line
 stores nothing; tasks already there are skipped, so an interrupted import can simply
 be run again.
+
+Each row must be a task Conveyor could have stored: what a submit checks (name,
+queue, priority, labels, options), an id, attempts in range, a running task with its
+worker and lease expiry (the reaper needs it), and a waiting task with parents, each
+in the file or stored (else it would wait forever).
 """
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +23,18 @@ import typer
 from pydantic import ValidationError
 
 from conveyor.app import Conveyor, describe_validation
-from conveyor.backends.base import TaskFilter
+from conveyor.backends.base import Backend, ListParams, TaskFilter
 from conveyor.cli.common import JsonOpt, UrlOpt, connect, err, parse_queue, parse_state, print_json
 from conveyor.errors import InvalidInput
-from conveyor.models import Task
+from conveyor.ids import ID_PATTERN
+from conveyor.models import Task, TaskSpec
+from conveyor.states import State
 
 PANEL = "Operating"
 PAGE = 1000  # tasks read, and restored, per engine call
+MAX_ATTEMPTS = 1001  # max_retries is at most 1000, so its last retry is attempt 1001
+#: Task fields a submit sets, checked by ``TaskSpec`` as a submit's are.
+SUBMITTED = ("name", "queue", "priority", "labels", "requires", "depends_on", "idempotency_key", "max_retries")
 
 FileArg = Annotated[Path, typer.Argument(help="The JSON lines file ('-' for stdout / stdin).", show_default=False)]
 
@@ -98,10 +108,47 @@ def _read(file: Path) -> list[Task]:
         if not line.strip():
             continue
         try:
-            tasks.append(Task.model_validate_json(line))
+            task = Task.model_validate_json(line)
         except ValidationError as exc:
             raise InvalidInput(f"{file}, line {number}: not a task: {describe_validation(exc)}") from exc
+        try:
+            _check(task)
+        except ValueError as exc:
+            raise InvalidInput(f"{file}, line {number}: task {task.id!r}: {exc}") from exc
+        tasks.append(task)
     return tasks
+
+
+def _check(task: Task) -> None:
+    """Refuse a row no submit or transition could have made (``ValueError``, naming the field)."""
+    if not ID_PATTERN.fullmatch(task.id):  # as Conveyor makes ids (pages use them as cursors)
+        raise ValueError("id: must be a task id as Conveyor makes them (a lowercase UUID)")
+    try:
+        TaskSpec.model_validate({field: getattr(task, field) for field in SUBMITTED})
+    except ValidationError as exc:
+        raise ValueError(describe_validation(exc)) from None
+    if not 0 <= task.attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"attempts: must be between 0 and {MAX_ATTEMPTS}, got {task.attempts}")
+    if task.state is State.RUNNING and (task.worker_id is None or task.lease_expires_at is None):
+        raise ValueError("state: a running task needs its worker_id and lease_expires_at")
+    if task.state is State.WAITING and not task.depends_on:
+        raise ValueError("depends_on: a waiting task needs the tasks it waits for")
+
+
+async def _check_parents(backend: Backend, tasks: Sequence[Task]) -> None:
+    """Refuse a waiting task whose parent is neither in the file nor stored: nothing
+    would ever settle it. Other states' ``depends_on`` is history (parents may be purged)."""
+    waiting = [t for t in tasks if t.state is State.WAITING]
+    known = {t.id for t in tasks}
+    wanted = sorted({parent for t in waiting for parent in t.depends_on} - known)
+    for start in range(0, len(wanted), PAGE):
+        ids = wanted[start : start + PAGE]
+        found = await backend.task_list(ListParams(TaskFilter(ids=ids), limit=len(ids)))
+        known.update(t.id for t in found.items)
+    for task in waiting:
+        unknown = [parent for parent in task.depends_on if parent not in known]
+        if unknown:
+            raise InvalidInput(f"task {task.id!r}: depends_on: no task {unknown[0]!r} in the file or stored")
 
 
 async def _import(app: Conveyor, tasks: list[Task], page: int = PAGE) -> int:
@@ -110,6 +157,7 @@ async def _import(app: Conveyor, tasks: list[Task], page: int = PAGE) -> int:
     ordered = sorted(tasks, key=lambda t: (t.created_at, t.id))
     try:
         backend = await app.backend()
+        await _check_parents(backend, ordered)
         stored = 0
         for start in range(0, len(ordered), page):
             stored += await backend.task_restore(ordered[start : start + page])
