@@ -31,7 +31,7 @@ from conveyor.errors import InvalidInput, InvalidStateTransition, TaskNotFound, 
 from conveyor.features.explain import Explanation, explain_task
 from conveyor.features.flow import FlowControl, QueueUpdate, check_update
 from conveyor.features.limits import check_task_options, configured_updates
-from conveyor.ids import new_id, new_ids
+from conveyor.ids import ID_PATTERN, new_id, new_ids
 from conveyor.models import NewTask, Page, QueueInfo, Stats, Task, TaskSpec, WorkerInfo
 from conveyor.portal import Portal
 from conveyor.priority import PriorityRule, parse_priority, resolve_priority
@@ -516,6 +516,8 @@ class Conveyor:
         return self.run_sync(self.retry_async(task_id))
 
     async def list_tasks_async(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        if cursor is not None and not ID_PATTERN.fullmatch(cursor):  # it would page from nowhere, silently
+            raise InvalidInput(f"invalid cursor {cursor[:60]!r}: pass the next_cursor of the previous page")
         return await (await self.backend()).task_list(ListParams(flt or TaskFilter(), limit, cursor))
 
     def list_tasks(self, flt: TaskFilter | None = None, limit: int = 50, cursor: str | None = None) -> Page:

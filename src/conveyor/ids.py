@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
+
+#: A task id as Conveyor writes it (any UUID, lowercase, canonical form).
+ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _lock = threading.Lock()
 # A fast PRNG seeded from the OS (os.urandom per id costs a syscall); reseeded in

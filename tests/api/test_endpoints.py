@@ -110,6 +110,11 @@ async def test_list_filters_and_cursor_pagination(client: httpx.AsyncClient) -> 
     assert by_state == []
     assert_error(await client.get("/tasks", params={"state": "nope"}, headers=ADMIN), 422, "ValidationError")
     assert_error(await client.get("/tasks", params={"limit": 0}, headers=ADMIN), 422, "ValidationError")
+    for bad in ("garbage", "\x00", ids[0].upper()):  # a cursor no page handed out: refused, not a silent page
+        for path in ("/tasks", "/dlq"):
+            r = await client.get(path, params={"cursor": bad}, headers=ADMIN)
+            assert_error(r, 422, "ValidationError")
+            assert "cursor" in r.json()["error"]["message"]
 
 
 async def test_cancel_then_409_when_terminal(client: httpx.AsyncClient) -> None:
