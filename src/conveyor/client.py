@@ -77,6 +77,30 @@ def error_from(response: httpx.Response) -> errors.ConveyorError:
     return exc
 
 
+def check_url(url: str) -> str:
+    """``url`` without its trailing ``/``; bad input unless it is ``http(s)://host[:port][/path]``."""
+    expected = "expected http://host:port or https://host[:port]"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise errors.InvalidInput(f"invalid API URL {url!r}: {exc} ({expected})") from None
+    port_ok = parsed.port is None or 0 < parsed.port < 65536
+    if parsed.scheme not in ("http", "https") or not parsed.host or not port_ok:
+        raise errors.InvalidInput(f"invalid API URL {url!r}: {expected}")
+    return url.rstrip("/")
+
+
+def _json(response: httpx.Response) -> Any:
+    """The decoded body; one that is not JSON means the URL is not a Conveyor API."""
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("content-type") or "no content type"
+        raise errors.ConveyorError(
+            f"{response.url} answered {kind}, not JSON: is it a Conveyor API's base URL?"
+        ) from None
+
+
 def _filter_params(flt: TaskFilter | None) -> dict[str, str]:
     if flt is None:
         return {}
@@ -90,7 +114,7 @@ class AsyncClient:
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = httpx.AsyncClient(base_url=check_url(base_url), headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -103,13 +127,16 @@ class AsyncClient:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; the decoded JSON body, or the server's error raised."""
+        return _json(await self._send(method, path, **kwargs))
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise errors.BackendUnavailable(f"cannot reach the Conveyor API at {self.http.base_url}: {exc}") from exc
         if response.status_code >= 400:
             raise error_from(response)
-        return response.json()
+        return response
 
     async def submit(
         self, name: str, args: dict[str, Any] | None = None, opts: SubmitOptions | None = None
@@ -119,10 +146,8 @@ class AsyncClient:
 
     async def submit_spec(self, spec: TaskSpec) -> Submitted:
         body = spec.model_dump(mode="json", exclude_unset=True)
-        response = await self.http.post("/tasks", json=body)
-        if response.status_code >= 400:
-            raise error_from(response)
-        return Submitted(Task.model_validate(response.json()), created=response.status_code == 201)
+        response = await self._send("POST", "/tasks", json=body)
+        return Submitted(Task.model_validate(_json(response)), created=response.status_code == 201)
 
     async def submit_batch(self, specs: Sequence[TaskSpec]) -> list[Submitted]:
         body = {"tasks": [s.model_dump(mode="json", exclude_unset=True) for s in specs]}
@@ -170,7 +195,7 @@ class AsyncClient:
 
     async def health(self) -> dict[str, Any]:
         response = await self.http.get("/health")
-        data: dict[str, Any] = response.json()
+        data: dict[str, Any] = _json(response)
         return data
 
 
@@ -178,6 +203,7 @@ class Client:
     """The sync face of ``AsyncClient``: same methods, run on a private loop thread."""
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0) -> None:
+        check_url(base_url)  # before the loop thread starts: nothing to clean up on bad input
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-client", daemon=True)
         self._thread.start()

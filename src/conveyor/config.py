@@ -8,13 +8,15 @@ typo in the file is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from conveyor.errors import ConfigError, InvalidInput
 from conveyor.features.flow import parse_rate
@@ -23,6 +25,7 @@ from conveyor.retry import RetryPolicy
 from conveyor.schedules import ScheduleConfig
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+MAX_CONCURRENCY = 10_000  # attempts one worker runs at once
 
 
 def _check_rate(value: str | None) -> str | None:
@@ -73,7 +76,7 @@ class WorkerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    concurrency: int = Field(default=10, ge=1, le=10_000)
+    concurrency: int = Field(default=10, ge=1, le=MAX_CONCURRENCY)
     pool: Literal["async", "threads", "processes"] = "async"
     # extra claims beyond free slots: a number, or "auto" (see conveyor.worker.runner)
     prefetch: int | Literal["auto"] = "auto"
@@ -267,14 +270,20 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = Path(explicit) if explicit else Path("conveyor.yaml")
         if not path.exists():
             if explicit:
-                raise ConfigError(f"config file {path} (CONVEYOR_CONFIG) does not exist")
+                raise ConfigError(f"invalid configuration: config file {path} (CONVEYOR_CONFIG) does not exist")
             return {}
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:  # a directory, no permission...
+            raise ConfigError(f"invalid configuration: config file {path}: cannot read it: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"invalid configuration: config file {path}: not UTF-8 text ({exc.reason})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"invalid configuration: config file {path}: not valid YAML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"invalid configuration: config file {path}: nested too deeply") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"invalid configuration: config file {path}: expected a mapping at the top level")
         return data
 
 
@@ -288,3 +297,17 @@ def load_settings(**overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    except SettingsError as exc:
+        raise _env_error(exc) from exc
+    except RecursionError:  # a CONVEYOR_* JSON value nested thousands deep
+        raise ConfigError("invalid configuration: a CONVEYOR_* variable is nested too deeply") from None
+
+
+def _env_error(exc: SettingsError) -> ConfigError:
+    """Name the ``CONVEYOR_*`` variable that failed to decode: pydantic-settings names only the field."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    prefix = f"CONVEYOR_{found.group(1).upper()}" if found else "CONVEYOR_"
+    names = sorted(k for k in os.environ if k.upper() == prefix or k.upper().startswith(f"{prefix}__"))
+    cause = exc.__cause__
+    problem = f"not valid JSON: {cause}" if isinstance(cause, json.JSONDecodeError) else str(cause or exc)
+    return ConfigError(f"invalid configuration: {' or '.join(names) or prefix}: {problem}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,6 +259,10 @@ def test_queue_settings_print_what_patch_queues_returns_with_json(cli: Cli) -> N
     assert (empty["name"], empty["paused"], set(empty["counts"].values())) == ("nothing-yet", True, {0})
     assert cli.json("queues", "job.x", "--task", "--concurrency", "2")["kind"] == "task"
     assert "paused" in cli("queues", "mail", "--pause").stdout  # the table still shows the flow settings
+    huge = cli("queues", "mail", "--resume", "--max-length", "3", "--concurrency", "9" * 23, code=2)
+    assert "--concurrency" in one_error_line(huge) or "concurrency" in one_error_line(huge)
+    assert [q["max_length"] for q in cli.json("queues") if q["name"] == "mail"] == [9]  # nothing half-written
+    assert "invalid queue name" in one_error_line(cli("queues", "bad queue!", "--pause", code=2))
 
 
 def test_worker_runs_tasks_and_dead_letters_can_be_replayed_and_purged(cli: Cli, worker: subprocess.Popen[str]) -> None:
@@ -311,6 +317,18 @@ def test_worker_runs_tasks_and_dead_letters_can_be_replayed_and_purged(cli: Cli,
         (["worker", "--app", "cli_tasks"], 2, "MODULE:ATTR"),
         (["worker", "--app", "cli_tasks:app", "--pool", "fibers"], 2, "--pool"),
         (["stats", "--url", "bogus://x"], 2, "unsupported backend URL"),
+        (["submit", "x", "--args", '{"x": ' + "9" * 5001 + "}"], 2, "--args: a number has more than"),
+        (["submit", "x", "--args", '{"x": ' + "[" * 2000 + "]" * 2000 + "}"], 2, "--args: JSON nested too deeply"),
+        (["stats", "--url", "postgresql://"], 2, "invalid URL 'postgresql://': no host or database"),
+        (["stats", "--url", "postgresql://u:p@[::1"], 2, "invalid URL"),
+        (["stats", "--url", "postgresql://u@host:notaport/db"], 2, "invalid URL"),
+        (["stats", "--url", "redis://host:99999/0"], 2, "invalid URL"),
+        (["stats", "--url", "redis://127.0.0.1:6379/abc"], 2, "the database must be a number"),
+        (["stats", "--api", "http://[::1"], 2, "invalid API URL"),
+        (["stats", "--api", "notaurl"], 2, "invalid API URL"),
+        (["stats", "--api", "ftp://x"], 2, "invalid API URL"),
+        (["worker", "--app", "cli_tasks:app", "--concurrency", "99999999999"], 2, "10000"),
+        (["worker", "--app", "../x:app"], 2, "not a dotted module name"),
         (["dlq", "purge"], 2, "--yes"),
         (["status"], 2, "ID"),
         (["frobnicate"], 2, "frobnicate"),
@@ -321,3 +339,44 @@ def test_bad_input_is_one_line_and_an_exit_code(cli: Cli, args: list[str], code:
     proc = cli(*args, code=code)
     assert needle in one_error_line(proc)
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("CONVEYOR_QUEUES", "{bad", "CONVEYOR_QUEUES: not valid JSON"),
+        ("CONVEYOR_WORKER", "notjson", "CONVEYOR_WORKER: not valid JSON"),
+        ("CONVEYOR_PRIORITY_RULES", "{", "CONVEYOR_PRIORITY_RULES: not valid JSON"),
+        ("CONVEYOR_CONFIG", ".", "config file .: cannot read it"),
+        ("CONVEYOR_CONFIG", "binary.yaml", "config file binary.yaml: not UTF-8 text"),
+    ],
+)
+def test_bad_configuration_names_the_variable_or_file(cli: Cli, variable: str, value: str, needle: str) -> None:
+    (cli.folder / "binary.yaml").write_bytes(b"\xff\xfe\x00url: x")
+    cli.env[variable] = value
+    assert one_error_line(cli("stats", code=2)).startswith(f"error: invalid configuration: {needle}")
+
+
+def test_an_api_url_that_is_no_api_is_one_clear_line(cli: Cli) -> None:
+    """A web page where the API should be (the dashboard's /ui, say) is named, not a JSON traceback."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>not the API</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        line = one_error_line(cli("stats", "--api", f"http://127.0.0.1:{server.server_port}/ui", code=1))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "answered text/html, not JSON" in line

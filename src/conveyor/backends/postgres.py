@@ -36,10 +36,11 @@ import select
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor.backends import postgres_admin as admin
@@ -84,9 +85,13 @@ class PgUrl:
     """A parsed ``postgresql://`` URL: libpq's connection string plus Conveyor's options."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
+        parts = _split(url)
         if parts.scheme.lower() not in ("postgresql", "postgres"):
             raise InvalidInput(f"not a PostgreSQL URL: {url!r} (expected postgresql://user@host:port/dbname)")
+        if not (parts.netloc or parts.path.strip("/") or parts.query):  # often an unset $HOST and $DB
+            raise InvalidInput(
+                f"invalid URL {url!r}: no host or database (expected postgresql://user@host:port/dbname)"
+            )
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
         self.schema = options.get("schema") or DEFAULT_SCHEMA
         if not _SCHEMA.match(self.schema):
@@ -105,7 +110,12 @@ class PgUrl:
                 f"invalid PostgreSQL URL option commit={self.commit!r}: expected submits, durable or fast"
             )
         rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OURS]
-        self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+        query = urlencode(rest)
+        self.conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+        try:
+            conninfo_to_dict(self.conninfo)  # libpq's own parser, offline: unknown options, bad quoting
+        except psycopg.ProgrammingError as exc:
+            raise InvalidInput(f"invalid URL {url!r}: {str(exc).strip()}") from None
         host = parts.hostname or "localhost"
         self.where = f"{host}:{parts.port or 5432}{parts.path or '/'}?schema={self.schema}"
         self.channel = f"conveyor_{self.schema}"
@@ -135,6 +145,16 @@ class PgUrl:
         if not self.prepare:
             kwargs["prepare_threshold"] = None
         return kwargs
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit`` with its lazy checks run now, so a bad host or port is bad input, not a crash at connect."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access
+    except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
+        raise InvalidInput(f"invalid URL {url!r}: {exc}") from None
+    return parts
 
 
 def _int_option(options: dict[str, str], name: str, default: int, url: str) -> int:

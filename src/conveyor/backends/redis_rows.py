@@ -40,9 +40,16 @@ class RedisUrl:
 
 
 def parse_url(url: str) -> RedisUrl:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access: check it now, not at connect
+    except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
+        raise InvalidInput(f"invalid URL {url!r}: {exc}") from None
     if parts.scheme.lower() not in ("redis", "rediss"):
         raise InvalidInput(f"not a Redis URL: {url!r} (expected redis://host:port/db?prefix=NAME)")
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):  # redis-py would ignore it and use db 0
+        raise InvalidInput(f"invalid URL {url!r}: the database must be a number, as in redis://host:6379/0")
     prefix, kept = DEFAULT_PREFIX, []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "prefix":

@@ -190,6 +190,8 @@ def load_app(path: str, url: str | None = None) -> Conveyor:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise InvalidInput(f"invalid app path {path!r}: expected MODULE:ATTR, e.g. myproj.tasks:app")
+    if not all(part.isidentifier() for part in module_name.split(".")):  # no file paths, no relative imports
+        raise InvalidInput(f"invalid app path {path!r}: {module_name!r} is not a dotted module name, e.g. myproj.tasks")
     if url is not None:
         os.environ["CONVEYOR_URL"] = url
     if os.getcwd() not in sys.path:

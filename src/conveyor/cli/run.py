@@ -17,6 +17,7 @@ from conveyor.cli.common import (
     split_csv,
     start_logging,
 )
+from conveyor.config import MAX_CONCURRENCY
 from conveyor.errors import InvalidInput
 from conveyor.worker import WorkerOptions, run_worker
 
@@ -42,7 +43,9 @@ def worker(
         str, typer.Option("--app", help="MODULE:ATTR of your Conveyor app, e.g. myproj.tasks:app.", show_default=False)
     ],
     queues: Annotated[list[str] | None, typer.Option(help="Queues to serve, comma-separated (default: all).")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Attempts run at once (default: config, 10).", min=1)] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Attempts run at once (default: config, 10).", min=1, max=MAX_CONCURRENCY)
+    ] = None,
     pool: Annotated[PoolKind | None, typer.Option(help="Where attempts run (default: config, async).")] = None,
     tags: Annotated[list[str] | None, typer.Option(help="Tags this worker offers, comma-separated.")] = None,
     scheduler: Annotated[

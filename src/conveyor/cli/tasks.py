@@ -1,6 +1,7 @@
 """Commands on single tasks: ``submit``, ``status``, ``tasks``, ``cancel``, ``retry``."""
 
 import json
+import sys
 import time
 from contextlib import AbstractContextManager, closing
 from typing import Annotated, Any
@@ -51,6 +52,10 @@ def parse_args(raw: str) -> dict[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("--args: JSON nested too deeply") from None
+    except ValueError:  # an integer past Python's digit limit: a number no task could use
+        raise InvalidInput(f"--args: a number has more than {sys.get_int_max_str_digits()} digits") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"--args must be a JSON object of keyword arguments, got {type(value).__name__}")
     return value
