@@ -749,6 +749,18 @@ class _Shape:
         )
 
 
+MAX_ARGS_DEPTH = 100  # objects and arrays within one another in a task's args
+
+
+def _deeper(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests more than ``levels`` objects and arrays deep."""
+    if isinstance(value, dict):
+        return levels == 0 or any(_deeper(v, levels - 1) for v in value.values())
+    if isinstance(value, list):
+        return levels == 0 or any(_deeper(v, levels - 1) for v in value)
+    return False
+
+
 def _check_json(args: dict[str, Any]) -> None:
     if not args:
         return
@@ -756,6 +768,9 @@ def _check_json(args: dict[str, Any]) -> None:
         text = _strict_json(args)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"task args must be JSON-serializable: {exc}") from exc
+    if text.count("{") + text.count("[") > MAX_ARGS_DEPTH and _deeper(args, MAX_ARGS_DEPTH):
+        # stored, such args could not be read back: pydantic writes ~255 levels at most
+        raise InvalidInput(f"task args nest deeper than {MAX_ARGS_DEPTH} levels")
     if not text.isascii():
         try:
             text.encode()  # a lone surrogate: no engine can store it

@@ -190,3 +190,41 @@ async def test_sqlite_batch_with_a_stored_id_stores_nothing(tmp_path: Path) -> N
         await backend.task_enqueue_many(EnqueueParams(tasks, {}))
     assert [t.id for t in (await app.list_tasks_async(TaskFilter())).items] == [first.id]
     await app.aclose()
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        ({"x": "\ud800"}, "not valid Unicode"),  # a lone surrogate: no engine can store it
+        ({"\udc00": 1}, "not valid Unicode"),
+        ({"x": _nested(100)}, "deeper than 100 levels"),  # stored, it could not be read back
+        ({"x": "😀 é \u2028"}, None),
+        ({"x": _nested(99)}, None),
+    ],
+)
+async def test_args_no_engine_could_store_or_read_back_are_refused_before_anything_is_stored(
+    args: dict[str, Any], refused: str | None
+) -> None:
+    app = make_app()
+    for submit in (
+        lambda: app.submit_async("t", args),
+        lambda: app.submit_many_async("t", [{"n": 1}, args]),
+        lambda: app.enqueue_many_async([TaskSpec(name="t"), TaskSpec(name="t", args=args)]),
+    ):
+        if refused is None:
+            await submit()
+        else:
+            with pytest.raises(InvalidInput, match=refused):
+                await submit()
+    stored = (await app.list_tasks_async(TaskFilter(), limit=10)).items
+    assert len(stored) == (0 if refused else 5)
+    for task in stored:
+        assert task.args in (args, {"n": 1}, {})
+    await app.aclose()
