@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,7 +41,7 @@ def _check_rate(value: str | None) -> str | None:
 class QueueConfig(BaseModel):
     """One queue's bound and flow limits (cluster-wide; see docs/flow-control.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_length: int | None = Field(default=None, ge=1)
     rate_limit: str | None = None  # "100/s", "5/m", "1000/h"
@@ -52,7 +53,7 @@ class QueueConfig(BaseModel):
 class TaskConfig(BaseModel):
     """Flow limits of one task name; they override the ``@app.task`` options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rate_limit: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
@@ -65,7 +66,7 @@ class TaskConfig(BaseModel):
 class BreakerConfig(BaseModel):
     """The default circuit breaker of every registered task (``threshold`` None: off)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     threshold: int | None = Field(default=None, ge=1)  # consecutive failures that open it
     cooldown: float = Field(default=30.0, gt=0, le=7 * 86400)  # seconds before the probe
@@ -74,7 +75,7 @@ class BreakerConfig(BaseModel):
 class WorkerConfig(BaseModel):
     """Worker tuning; the defaults follow SPEC §2 and §5."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     concurrency: int = Field(default=10, ge=1, le=MAX_CONCURRENCY)
     pool: Literal["async", "threads", "processes"] = "async"
@@ -110,7 +111,7 @@ class WorkerConfig(BaseModel):
 class ApiToken(BaseModel):
     """One API bearer token, stored as the SHA-256 hex digest of the secret (never the secret)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=100)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -120,7 +121,7 @@ class ApiToken(BaseModel):
 class ApiConfig(BaseModel):
     """``conveyor api`` settings: tokens, per-token rate limit, body size, backpressure hint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tokens: list[ApiToken] = Field(default_factory=list)
     rate_limit: float = Field(default=1000.0, ge=0)  # requests/s per token (0: off), per API process
@@ -138,7 +139,7 @@ class _Target(BaseModel):
     """Which events go to one target: ``queues`` and ``tasks`` (shell patterns such as
     ``email.*``) narrow them; empty means every queue or task name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(default="", max_length=100)  # how the outbox remembers it; default: url / first address
     events: list[NotifyEvent] = Field(min_length=1)
@@ -153,6 +154,19 @@ class WebhookTarget(_Target):
     secret: str = Field(min_length=16)
     timeout: float = Field(default=10.0, gt=0, le=300)
     batch: int = Field(default=1, ge=1, le=1000)  # events per request; >1 posts {"events": [...]}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        """A URL every delivery would fail on is a config error, not a parked event."""
+        try:
+            parts = urlsplit(v)
+            port = parts.port  # parsed on access
+        except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
+            raise ValueError(f"invalid webhook URL {v!r}: {exc}") from None
+        if not parts.hostname or port == 0:
+            raise ValueError(f"invalid webhook URL {v!r}: expected http(s)://host[:port]/path")
+        return v
 
     @property
     def key(self) -> str:
@@ -174,7 +188,7 @@ class EmailTarget(_Target):
 class SmtpConfig(BaseModel):
     """The SMTP server email targets use (``smtplib``: plain, STARTTLS or TLS)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
@@ -190,7 +204,7 @@ class NotificationsConfig(BaseModel):
     with exponential backoff from ``backoff`` up to ``backoff_max`` seconds and gives
     up on an event after ``max_deliveries`` rounds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     webhooks: list[WebhookTarget] = Field(default_factory=list)
     emails: list[EmailTarget] = Field(default_factory=list)
@@ -225,7 +239,9 @@ class NotificationsConfig(BaseModel):
 class Settings(BaseSettings):
     """All of Conveyor's configuration in one validated model."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+    )
 
     url: str = DEFAULT_URL
     queues: dict[str, QueueConfig] = Field(default_factory=dict)

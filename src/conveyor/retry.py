@@ -19,7 +19,7 @@ from conveyor.states import FailureReason
 class RetryPolicy(BaseModel):
     """Delay before retry n (0-based) is uniform in ``[0, min(max, base * factor**n)]``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_retries: int = Field(default=3, ge=0, le=1000)
     base: float = Field(default=1.0, ge=0, le=86400)

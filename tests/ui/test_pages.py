@@ -248,8 +248,11 @@ async def test_admin_pauses_resumes_and_limits_a_queue(ui: UiClient) -> None:
     assert "rate 5/s" in page and "concurrency 3" in page and "Pause</button>" in page
     await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "limits", "rate_limit": "", "concurrency": ""})
     assert "rate 5/s" not in (await admin.get("/ui/queues")).text
-    bad_rate = await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "limits", "rate_limit": "fast"})
-    assert_html(bad_rate, 400)
+    for rate in ("fast", "1/.s", "9" * 5000 + "/s"):
+        bad_rate = await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "limits", "rate_limit": rate})
+        assert_html(bad_rate, 400)
+    for done in ("replayed:²", "purged:①", "purged:" + "9" * 5000):  # a notice no action made: none shown
+        assert "dead letter(s)" not in (await admin.get("/ui/dlq", params={"done": done})).text
     assert_html(await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "explode"}), 400)
     assert_html(await admin.post("/ui/queues/emails", data={"csrf": csrf, "op": "limits", "concurrency": "-1"}), 400)
     bounded = {"csrf": csrf, "op": "limits", "rate_limit": "", "concurrency": "", "max_length": "40"}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from conveyor.notify import sign, verify
 
@@ -53,6 +55,22 @@ def test_targets_with_the_same_name_are_refused_by_the_config() -> None:
         NotificationsConfig.model_validate({"webhooks": [hook, hook]})
     both = NotificationsConfig.model_validate({"webhooks": [hook, {**hook, "name": "second"}]})
     assert both.events() == frozenset({"task.succeeded"})
+
+
+@pytest.mark.parametrize("url", ["http://", "http://[::1", "http://h:0/x", "http://h:99999/x"])
+def test_a_webhook_url_no_delivery_could_use_is_a_config_error(url: str) -> None:
+    from conveyor.config import NotificationsConfig
+
+    with pytest.raises(ValidationError, match="invalid webhook URL"):
+        NotificationsConfig.model_validate({"webhooks": [{"url": url, "secret": "s" * 16, "events": ["task.failed"]}]})
+
+
+@pytest.mark.parametrize("field", ["lease_seconds", "backoff", "backoff_max"])
+def test_an_endless_delay_is_a_config_error_not_a_parked_event(field: str) -> None:
+    from conveyor.config import NotificationsConfig
+
+    with pytest.raises(ValidationError, match="finite number"):
+        NotificationsConfig.model_validate({field: float("inf")})
 
 
 def test_the_config_knows_exactly_the_engines_events() -> None:

@@ -47,7 +47,7 @@ AGING_LEVELS: list[int] = list(range(MAX_PRIORITY, MIN_PRIORITY - 1, -1))
 
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
 _PERIODS |= {"h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
+_RATE = re.compile(r"^\s*(\d{1,12})\s*/\s*(\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})?\s*([a-z]+)\s*$")
 
 
 # --- rates ---------------------------------------------------------------------------

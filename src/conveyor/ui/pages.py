@@ -272,5 +272,6 @@ def _notice(request: Request) -> str | None:
     code = request.query_params.get("done", "")
     if code.startswith(("replayed:", "purged:")):
         verb, _, count = code.partition(":")
-        return f"{verb.capitalize()} {int(count)} dead letter(s)." if count.isdigit() else None
+        plain = count.isascii() and count.isdigit() and len(count) <= 12  # not "²", not 5,000 digits
+        return f"{verb.capitalize()} {int(count)} dead letter(s)." if plain else None
     return NOTICES.get(code)
