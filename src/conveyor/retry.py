@@ -45,6 +45,9 @@ class Decision:
     retryable: bool = True
 
 
+MAX_DELAY = 30 * 86400.0  # seconds a Retry(delay=...) may ask for, as RetryPolicy.max
+
+
 def decide(
     exc: BaseException,
     attempts: int,
@@ -70,5 +73,7 @@ def decide(
         reason = FailureReason.TIMEOUT if isinstance(exc, TaskTimeout) else FailureReason.RETRIES_EXHAUSTED
         return Decision(retry=False, reason=reason)
     if isinstance(exc, Retry) and exc.delay is not None:
-        return Decision(retry=True, delay=max(0.0, exc.delay))
+        delay = float(exc.delay)  # a TypeError for a delay that is no number: the task's mistake
+        # NaN or negative: at once; past MAX_DELAY (or infinite): capped, so run_at stays a date
+        return Decision(retry=True, delay=min(delay, MAX_DELAY) if delay > 0 else 0.0)
     return Decision(retry=True, delay=policy.backoff(attempts - 1))

@@ -121,6 +121,43 @@ def sleepy_sync(counter: str, seconds: float, own_timeout: bool = False) -> str:
     return "woke up"
 
 
+class _Odd(BaseException):
+    """Not an ``Exception``: task code may still raise it."""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def misbehave(kind: str) -> Any:
+    """Task code doing what a worker must survive (see ``test_worker_inprocess``)."""
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt("from the task")
+    if kind == "cancelled":
+        raise asyncio.CancelledError("raised by the task itself")
+    if kind == "base":
+        raise _Odd("a BaseException")
+    if kind == "unprintable":
+        raise _Unprintable()
+    if kind == "far_retry":
+        raise Retry(delay=1e12)
+    if kind == "bad_retry":
+        raise Retry(delay="soon")  # type: ignore[arg-type]
+    if kind == "deep":
+        value: Any = 1
+        for _ in range(2000):
+            value = [value]
+        return value
+    raise ValueError(kind)
+
+
+async def misbehave_async(kind: str) -> Any:
+    return misbehave(kind)
+
+
 async def slow(marks: str, key: str, seconds: float) -> str:
     """Mark ``start``, sleep, mark ``done``; a cancelled attempt marks ``stopped``."""
     mark(marks, key, "start")
@@ -189,6 +226,8 @@ def build_app(url: str | None = None, **kwargs: Any) -> Conveyor:
     app.task(sleepy_async, name="it.sleepy_async", timeout=TIMEOUT, max_retries=1, **plain)
     app.task(sleepy_sync, name="it.sleepy_sync", timeout=TIMEOUT, max_retries=1, **plain)
     app.task(slow, name="it.slow", **plain)
+    app.task(misbehave, name="it.misbehave", max_retries=1, **plain)
+    app.task(misbehave_async, name="it.misbehave_async", max_retries=1, **plain)
     app.task(stubborn, name="it.stubborn", **plain)
     app.task(once, name="it.once", **plain)
     app.task(where_sync, name="it.where_sync", **plain)

@@ -243,6 +243,46 @@ async def test_a_tasks_own_timeout_error_is_an_ordinary_error_not_its_time_limit
     assert (task.error.type, task.error.message) == ("TimeoutError", "the socket timed out")
 
 
+ENDED = {State.FAILED}
+MISBEHAVIOUR = {  # what task code does -> (states it may be in once recorded, error type)
+    "exit": (ENDED, "SystemExit"),  # not Exceptions: permanent under the default retry_on
+    "interrupt": (ENDED, "KeyboardInterrupt"),
+    "cancelled": (ENDED, "CancelledError"),
+    "base": (ENDED, "_Odd"),
+    "unprintable": ({State.RETRYING, State.PENDING, State.RUNNING, State.FAILED}, "_Unprintable"),
+    "bad_retry": (ENDED, "InvalidInput"),  # Retry(delay="soon")
+    "deep": (ENDED, "InvalidInput"),  # a result nested 2,000 deep (processes: see below)
+    "far_retry": ({State.RETRYING}, "Retry"),  # Retry(delay=1e12)
+}
+
+
+@pytest.mark.parametrize(
+    ("pool", "name"), [("async", "it.misbehave_async"), ("threads", "it.misbehave"), ("processes", "it.misbehave")]
+)
+async def test_task_code_that_misbehaves_fails_its_attempt_and_the_worker_carries_on(
+    mem_app: Conveyor, pool: str, name: str
+) -> None:
+    handles = {kind: await submit(mem_app, name, kind=kind) for kind in MISBEHAVIOUR}
+    async with running(mem_app, pool=pool, concurrency=2):
+
+        async def recorded() -> bool:
+            tasks = [await mem_app.get_async(h.id) for h in handles.values()]
+            return all(t.error is not None for t in tasks)
+
+        await wait_for(recorded, what="every misbehaving attempt to be recorded", timeout=10)
+        ok = await submit(mem_app, "it.where_async", x=1)  # the worker is still serving
+        await finished(mem_app, ok)
+    for kind, handle in handles.items():
+        task = await mem_app.get_async(handle.id)
+        states, error_type = MISBEHAVIOUR[kind]
+        if pool == "processes" and kind == "deep":  # the child cannot pickle it: an ordinary, retried error
+            states, error_type = {State.RETRYING, State.PENDING, State.RUNNING, State.FAILED}, "RecursionError"
+        assert task.error is not None and task.error.message, kind
+        assert (task.state in states, task.error.type) == (True, error_type), (kind, task.state, task.error)
+    far = await mem_app.get_async(handles["far_retry"].id)
+    assert far.run_at.timestamp() <= time.time() + 30 * 86400 + 60  # capped: still a date every reader can write
+
+
 async def test_thread_pool_replaces_an_abandoned_thread_and_never_reruns_an_attempt(
     memory_url: str, tmp_path: Path
 ) -> None:

@@ -312,29 +312,36 @@ class Worker:
         token = context.enter(TaskContext(ct.id, ct.name, ct.queue, ct.attempts, ct.workflow_id, self.app, request_id))
         try:
             result = await self._pool.run(td, ct.args, ct.timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this attempt is being stopped (the task was cancelled, or shutdown)
+            return self._failure(ct, exc, td.retry_on, td.permanent_on)  # the task raised it itself
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt... raised by task code: its failure
             return self._failure(ct, exc, td.retry_on, td.permanent_on)
         finally:
             context.leave(token)
         if result is not None and not _is_json(result):
-            bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {result!r:.200}")
+            bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {_shown(result)}")
             return self._failure(ct, bad, (), (InvalidInput,))
         return Outcome(ct.id, ct.lease_token, "complete", self.id, result=result, finished_at=time.time())
 
     def _failure(
         self,
         ct: ClaimedTask,
-        exc: Exception,
+        exc: BaseException,
         retry_on: tuple[type[BaseException], ...],
         permanent_on: tuple[type[BaseException], ...],
     ) -> Outcome:
-        d = decide(exc, ct.attempts, ct.retry, retry_on, permanent_on, max_retries=ct.max_retries)
+        try:
+            d = decide(exc, ct.attempts, ct.retry, retry_on, permanent_on, max_retries=ct.max_retries)
+        except Exception as bad:  # e.g. Retry(delay="5"): the task's mistake, not a reason to retry
+            exc = InvalidInput(f"{type(exc).__name__} could not be applied: {_text(bad)}")
+            d = decide(exc, ct.attempts, ct.retry, (), (InvalidInput,), max_retries=ct.max_retries)
         error = TaskError(
             type="Timeout" if isinstance(exc, TaskTimeout) else type(exc).__name__,
-            message=str(exc) or type(exc).__name__,
-            traceback="".join(traceback.format_exception(exc)),
+            message=_text(exc) or type(exc).__name__,
+            traceback=_traceback(exc),
             retryable=d.retryable,
         )
         now = time.time()
@@ -451,9 +458,32 @@ def _log_outcome(ct: ClaimedTask, outcome: Outcome, seconds: float) -> None:
 def _is_json(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return False
     return True
+
+
+def _shown(value: Any) -> str:
+    """The start of ``repr(value)``, or its type if even that fails (nested too deep...)."""
+    try:
+        return f"{value!r:.200}"
+    except (Exception, RecursionError):
+        return f"a {type(value).__name__}"
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` itself fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # formatting calls str() on the exception too
+        return "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: {_text(exc)}\n"
 
 
 def _with_limit(params: ClaimParams, limit: int) -> ClaimParams:
