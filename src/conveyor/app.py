@@ -450,7 +450,7 @@ class Conveyor:
 
     async def get_workflow_async(self, workflow_id: str) -> Workflow:
         """The workflow's nodes and derived state; ``TaskNotFound`` if unknown."""
-        tasks = await (await self.backend()).workflow_get(workflow_id)
+        tasks = await (await self.backend()).workflow_get(_known(workflow_id, "workflow"))
         if not tasks:
             raise TaskNotFound(f"workflow {workflow_id} not found", workflow_id=workflow_id)
         return to_workflow(workflow_id, tasks)
@@ -492,13 +492,13 @@ class Conveyor:
     # --- reading and steering ------------------------------------------------------------
 
     async def get_async(self, task_id: str) -> Task:
-        return await (await self.backend()).task_get(task_id)
+        return await (await self.backend()).task_get(_known(task_id))
 
     def get(self, task_id: str) -> Task:
         return self.run_sync(self.get_async(task_id))
 
     async def cancel_async(self, task_id: str) -> Task:
-        return await (await self.backend()).task_cancel(CancelParams(task_id))
+        return await (await self.backend()).task_cancel(CancelParams(_known(task_id)))
 
     def cancel(self, task_id: str) -> Task:
         return self.run_sync(self.cancel_async(task_id))
@@ -506,7 +506,7 @@ class Conveyor:
     async def retry_async(self, task_id: str) -> Task:
         """Replay one failed task (``InvalidStateTransition`` unless it is ``failed``)."""
         backend = await self.backend()
-        replayed = await backend.task_replay(TaskFilter(ids=[task_id]))  # guarded by state
+        replayed = await backend.task_replay(TaskFilter(ids=[_known(task_id)]))  # guarded by state
         task = await backend.task_get(task_id)  # TaskNotFound for an unknown id
         if not replayed:
             states.check(task.state, "replay", task_id)  # says why it was refused
@@ -580,7 +580,7 @@ class Conveyor:
 
     async def explain_async(self, task_id: str) -> Explanation:
         """Why the task is not running (yet): a reason code, one sentence, the facts."""
-        return await explain_task(await self.backend(), task_id)
+        return await explain_task(await self.backend(), _known(task_id))
 
     def explain(self, task_id: str) -> Explanation:
         return self.run_sync(self.explain_async(task_id))
@@ -759,6 +759,16 @@ def _deeper(value: Any, levels: int) -> bool:
     if isinstance(value, list):
         return levels == 0 or any(_deeper(v, levels - 1) for v in value)
     return False
+
+
+def _known(some_id: str, what: str = "task") -> str:
+    """``some_id``, or ``TaskNotFound`` for text no id has the shape of: every engine
+    answers alike (PostgreSQL would refuse a NUL as bad data, the others find nothing)."""
+    if not ID_PATTERN.fullmatch(some_id):
+        shown = some_id[:100] if some_id.isprintable() else repr(some_id[:100])
+        details = {"workflow_id" if what == "workflow" else "task_id": some_id[:100]}
+        raise TaskNotFound(f"{what} {shown} not found", **details)
+    return some_id
 
 
 def _check_json(args: dict[str, Any]) -> None:

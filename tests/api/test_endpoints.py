@@ -117,6 +117,18 @@ async def test_list_filters_and_cursor_pagination(client: httpx.AsyncClient) -> 
             assert "cursor" in r.json()["error"]["message"]
 
 
+async def test_text_that_is_no_id_is_not_found_on_every_engine(client: httpx.AsyncClient) -> None:
+    for bad in ("abc%00def", "x" * 150, "%F0%9F%98%80"):  # PostgreSQL would refuse a NUL as bad data
+        for method, path in [
+            ("GET", f"/tasks/{bad}"),
+            ("DELETE", f"/tasks/{bad}"),
+            ("POST", f"/tasks/{bad}/retry"),
+            ("GET", f"/tasks/{bad}/explain"),
+            ("GET", f"/workflows/{bad}"),
+        ]:
+            assert_error(await client.request(method, path, headers=ADMIN), 404, "TaskNotFound")
+
+
 async def test_cancel_then_409_when_terminal(client: httpx.AsyncClient) -> None:
     task = await submit(client)
     r = await client.delete(f"/tasks/{task['id']}", headers=ADMIN)

@@ -4,6 +4,7 @@ exported, imported into another engine's store, and read back the same."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,9 @@ BAD_ROWS = {
     "running unleased": ({"state": "running"}, "state: a running task needs its worker_id and lease_expires_at"),
     "waiting on nothing": ({"state": "waiting"}, "depends_on: a waiting task needs the tasks it waits for"),
     "unknown parent": ({"state": "waiting", "depends_on": ["nope"]}, "depends_on: no task 'nope' in the file"),
+    "negative timeout": ({"timeout": -5}, "timeout: must be a positive number"),
+    "NaN in args": ({"args": {"k": math.nan}}, "args: holds NaN or Infinity"),
+    "infinite timeout": ({"timeout": math.inf}, "timeout: must be a positive number"),
 }
 
 

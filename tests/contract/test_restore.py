@@ -72,3 +72,13 @@ async def test_an_idempotency_key_already_taken_skips_the_restored_task(
     theirs = await backend.task_get(await submit(backend, queue="keyed", idempotency_key="order-42"))
     assert await other_backend.task_restore([theirs]) == 0
     assert len(await all_tasks(other_backend, queue="keyed")) == 1
+
+
+async def test_a_task_with_a_long_history_is_restored_whole(backend: Backend, other_backend: Backend) -> None:
+    """10,000 entries: past what one Lua ``unpack`` can pass to a Redis command."""
+    await submit(backend)
+    (task,) = await all_tasks(backend)
+    entry = task.history[0]
+    long = task.model_copy(update={"history": [entry] * 10_000})
+    assert await other_backend.task_restore([long]) == 1
+    assert len((await other_backend.task_get(task.id)).history) == 10_000

@@ -146,6 +146,8 @@ def misbehave(kind: str) -> Any:
         raise Retry(delay=1e12)
     if kind == "bad_retry":
         raise Retry(delay="soon")  # type: ignore[arg-type]
+    if kind == "die":  # the process running it ends at once (a child of the processes pool)
+        os._exit(1)
     if kind == "deep":
         value: Any = 1
         for _ in range(2000):

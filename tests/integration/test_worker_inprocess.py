@@ -283,6 +283,24 @@ async def test_task_code_that_misbehaves_fails_its_attempt_and_the_worker_carrie
     assert far.run_at.timestamp() <= time.time() + 30 * 86400 + 60  # capped: still a date every reader can write
 
 
+async def test_a_child_that_dies_is_reported_as_such_and_replaced(mem_app: Conveyor) -> None:
+    dying = await submit(mem_app, "it.misbehave", kind="die")
+    async with running(mem_app, pool="processes", concurrency=1):
+
+        async def recorded() -> bool:
+            return (await mem_app.get_async(dying.id)).error is not None
+
+        await wait_for(recorded, what="the attempt to be recorded")
+        ok = await submit(mem_app, "it.where_sync", x=1)  # a fresh child runs the next task
+        await finished(mem_app, ok)
+    task = await mem_app.get_async(dying.id)
+    assert task.error is not None
+    assert (task.error.type, task.error.message) == (
+        "ChildDied",
+        "the child process running this task died (exit code 1)",
+    )
+
+
 async def test_thread_pool_replaces_an_abandoned_thread_and_never_reruns_an_attempt(
     memory_url: str, tmp_path: Path
 ) -> None:

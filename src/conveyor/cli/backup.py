@@ -14,6 +14,8 @@ in the file or stored (else it would wait forever).
 """
 
 import asyncio
+import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -127,6 +129,13 @@ def _check(task: Task) -> None:
         TaskSpec.model_validate({field: getattr(task, field) for field in SUBMITTED})
     except ValidationError as exc:
         raise ValueError(describe_validation(exc)) from None
+    if task.timeout is not None and not 0 < task.timeout < math.inf:
+        raise ValueError(f"timeout: must be a positive number of seconds, got {task.timeout}")
+    for field in ("args", "result", "headers"):
+        try:
+            json.dumps(getattr(task, field), allow_nan=False)
+        except ValueError:  # NaN or Infinity: no engine stores them as written (JSON has none)
+            raise ValueError(f"{field}: holds NaN or Infinity, which JSON cannot carry") from None
     if not 0 <= task.attempts <= MAX_ATTEMPTS:
         raise ValueError(f"attempts: must be between 0 and {MAX_ATTEMPTS}, got {task.attempts}")
     if task.state is State.RUNNING and (task.worker_id is None or task.lease_expires_at is None):

@@ -218,6 +218,11 @@ class ChildError(Exception):
     """Carries the traceback text of an exception raised in a child process."""
 
 
+class ChildDied(Exception):
+    """The child process running an attempt ended before answering (``os._exit``, a
+    signal, the OOM killer): retried like any error, in a fresh child."""
+
+
 class ProcessPool:
     """One child process per slot; the task's app is imported in each child by path.
 
@@ -238,7 +243,13 @@ class ProcessPool:
         ok = False
         try:
             await child.started()
-            status, *payload = await _with_timeout(self._call(child, td.name, args), timeout)
+            try:
+                status, *payload = await _with_timeout(self._call(child, td.name, args), timeout)
+            except (EOFError, BrokenPipeError, ConnectionResetError) as gone:  # the child is gone
+                await asyncio.to_thread(child.proc.join, 1)
+                code = child.proc.exitcode
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                raise ChildDied(f"the child process running this task died ({how})") from gone
             ok = True
         finally:
             if ok:

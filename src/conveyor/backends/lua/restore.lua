@@ -19,7 +19,8 @@ for i = 2, #ARGV, 3 do
   if redis.call("EXISTS", tkey(id)) == 0 and not (ik and redis.call("HEXISTS", ikey(q), ik) == 1) then
     redis.call("HSET", tkey(id), unpack(list))
     local entries = cjson.decode(ARGV[i + 2])
-    if #entries > 0 then redis.call("RPUSH", hkey(id), unpack(entries)) end
+    -- in chunks: unpack's stack is limited, and a script that fails half-way keeps its writes
+    for c = 1, #entries, 500 do redis.call("RPUSH", hkey(id), unpack(entries, c, math.min(c + 499, #entries))) end
     redis.call("ZADD", ALL, 0, id)
     if redis.call("HINCRBY", ckey(q), s, 1) == 1 then redis.call("SADD", QUEUES, q) end
     if ik then redis.call("HSET", ikey(q), ik, id) end
