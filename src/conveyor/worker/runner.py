@@ -335,7 +335,7 @@ class Worker:
     ) -> Outcome:
         try:
             d = decide(exc, ct.attempts, ct.retry, retry_on, permanent_on, max_retries=ct.max_retries)
-        except Exception as bad:  # e.g. Retry(delay="5"): the task's mistake, not a reason to retry
+        except Exception as bad:  # e.g. Retry(delay="soon"): the task's mistake, not a reason to retry
             exc = InvalidInput(f"{type(exc).__name__} could not be applied: {_text(bad)}")
             d = decide(exc, ct.attempts, ct.retry, (), (InvalidInput,), max_retries=ct.max_retries)
         error = TaskError(
@@ -467,7 +467,7 @@ def _shown(value: Any) -> str:
     """The start of ``repr(value)``, or its type if even that fails (nested too deep...)."""
     try:
         return f"{value!r:.200}"
-    except (Exception, RecursionError):
+    except Exception:  # a RecursionError too
         return f"a {type(value).__name__}"
 
 
