@@ -130,30 +130,47 @@ class _Unprintable(Exception):
         raise RuntimeError("no text for you")
 
 
+class _Locked(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()  # does not pickle: a processes-pool child cannot send it
+
+
+class _TwoArgs(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickles, but cannot be rebuilt from its args
+        super().__init__(f"{a}+{b}")
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _deep() -> Any:
+    value: Any = 1
+    for _ in range(2000):
+        value = [value]
+    return value
+
+
+_MISDEEDS: dict[str, Any] = {
+    "exit": lambda: _raise(SystemExit(3)),
+    "interrupt": lambda: _raise(KeyboardInterrupt("from the task")),
+    "cancelled": lambda: _raise(asyncio.CancelledError("raised by the task itself")),
+    "base": lambda: _raise(_Odd("a BaseException")),
+    "unprintable": lambda: _raise(_Unprintable()),
+    "far_retry": lambda: _raise(Retry(delay=1e12)),
+    "bad_retry": lambda: _raise(Retry(delay="soon")),  # type: ignore[arg-type]
+    "die": lambda: os._exit(1),  # the process running it ends at once (a processes-pool child)
+    "lambda": lambda: lambda: 1,
+    "locked": lambda: _raise(_Locked()),
+    "two_args": lambda: _raise(_TwoArgs(1, 2)),
+    "deep": _deep,
+}
+
+
 def misbehave(kind: str) -> Any:
     """Task code doing what a worker must survive (see ``test_worker_inprocess``)."""
-    if kind == "exit":
-        raise SystemExit(3)
-    if kind == "interrupt":
-        raise KeyboardInterrupt("from the task")
-    if kind == "cancelled":
-        raise asyncio.CancelledError("raised by the task itself")
-    if kind == "base":
-        raise _Odd("a BaseException")
-    if kind == "unprintable":
-        raise _Unprintable()
-    if kind == "far_retry":
-        raise Retry(delay=1e12)
-    if kind == "bad_retry":
-        raise Retry(delay="soon")  # type: ignore[arg-type]
-    if kind == "die":  # the process running it ends at once (a child of the processes pool)
-        os._exit(1)
-    if kind == "deep":
-        value: Any = 1
-        for _ in range(2000):
-            value = [value]
-        return value
-    raise ValueError(kind)
+    return _MISDEEDS[kind]()
 
 
 async def misbehave_async(kind: str) -> Any:

@@ -17,11 +17,13 @@ import importlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import pickle
 import queue
 import signal
 import threading
 import traceback
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import context
@@ -174,16 +176,56 @@ def _child_main(app_path: str, conn: mpc.Connection) -> None:
         try:
             td = app.get_task(name)
             result = loop.run_until_complete(td.fn(**args)) if td.is_async else td.fn(**args)
-            conn.send(("ok", result))
         except BaseException as exc:
-            tb = traceback.format_exc()
+            _send_error(conn, exc, traceback.format_exc())
+        else:
             try:
-                conn.send(("err", exc, tb))
-            except Exception:  # the exception itself does not pickle
-                conn.send(("err", RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+                conn.send(("ok", result))
+            except Exception:  # it does not pickle (a lambda, a lock, nested too deep): no JSON either
+                conn.send(("ok", NotSent(_shown(result))))
         finally:
             if token is not None:
                 context.leave(token)
+
+
+def _send_error(conn: mpc.Connection, exc: BaseException, tb: str) -> None:
+    """Send ``exc`` as raised if the parent can rebuild it, else its type name and text
+    (a lock among its fields, a constructor that needs other arguments)."""
+    try:
+        pickle.loads(ForkingPickler.dumps(exc))
+        conn.send(("err", exc, tb))
+    except Exception:
+        conn.send(("err", RemoteError(type(exc).__name__, _shown(exc, str)), tb))
+
+
+def _shown(value: Any, how: Callable[[Any], str] = repr) -> str:
+    try:
+        return how(value)[:200]
+    except Exception:  # a RecursionError too
+        return f"a {type(value).__name__}"
+
+
+class NotSent:
+    """Stands for a result the child could not send: not JSON either, so the attempt
+    fails as in the other pools (``InvalidInput``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class RemoteError(Exception):
+    """An exception the parent could not rebuild, by its type name and text; the
+    failure is recorded under that type name (``conveyor_type``)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.conveyor_type = type_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteError, (self.conveyor_type, str(self)))
 
 
 def _child_context(fields: tuple[Any, ...], app: Any) -> TaskContext:

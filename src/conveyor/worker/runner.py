@@ -339,7 +339,7 @@ class Worker:
             exc = InvalidInput(f"{type(exc).__name__} could not be applied: {_text(bad)}")
             d = decide(exc, ct.attempts, ct.retry, (), (InvalidInput,), max_retries=ct.max_retries)
         error = TaskError(
-            type="Timeout" if isinstance(exc, TaskTimeout) else type(exc).__name__,
+            type="Timeout" if isinstance(exc, TaskTimeout) else getattr(exc, "conveyor_type", type(exc).__name__),
             message=_text(exc) or type(exc).__name__,
             traceback=_traceback(exc),
             retryable=d.retryable,
