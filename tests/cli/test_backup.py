@@ -93,6 +93,7 @@ BAD_ROWS = {
     "negative timeout": ({"timeout": -5}, "timeout: must be a positive number"),
     "NaN in args": ({"args": {"k": math.nan}}, "args: holds NaN or Infinity"),
     "infinite timeout": ({"timeout": math.inf}, "timeout: must be a positive number"),
+    "unknown field": ({"colour": "red"}, "unknown field(s) colour"),
 }
 
 
@@ -114,6 +115,18 @@ def test_an_invalid_row_refuses_the_whole_file_naming_its_row_and_field(
     assert f"task {bad['id']!r}: " in failed.stderr and message in failed.stderr, failed.stderr
     if case != "unknown parent":  # found once the whole file is read: it names the task, not a line
         assert "line 2" in failed.stderr
+    assert cli("export", "-", "--url", target_url).stdout == ""
+
+
+def test_an_id_on_two_lines_refuses_the_file(cli: Cli, tmp_path: Path, target_url: str) -> None:
+    _fill(cli.url)
+    dump = tmp_path / "backup.jsonl"
+    cli("export", str(dump))
+    rows = dump.read_text().splitlines()
+    changed = json.loads(rows[0]) | {"queue": "elsewhere"}
+    dump.write_text("\n".join([*rows, json.dumps(changed)]) + "\n")
+    failed = cli("import", str(dump), "--url", target_url, code=2)
+    assert f"line {len(rows) + 1}" in failed.stderr and "id: also on line 1" in failed.stderr, failed.stderr
     assert cli("export", "-", "--url", target_url).stdout == ""
 
 

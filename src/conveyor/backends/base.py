@@ -254,7 +254,9 @@ def check_bound(queue: str, max_length: int | None) -> None:
     if max_length is None:
         return
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length < 2**31:
-        raise InvalidInput(f"max_length of queue {queue!r} must be a whole number from 1, got {max_length!r}")
+        raise InvalidInput(
+            f"max_length of queue {queue!r} must be a whole number from 1 to {2**31 - 1}, got {max_length!r}"
+        )
 
 
 def check_events(events: frozenset[str]) -> None:

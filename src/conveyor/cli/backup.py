@@ -106,17 +106,24 @@ def _read(file: Path) -> list[Task]:
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{file} is not UTF-8 text: {exc}") from exc
     tasks: list[Task] = []
+    seen: dict[str, int] = {}  # id -> the line that holds it
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             task = Task.model_validate_json(line)
+            unknown = sorted(set(json.loads(line)) - set(Task.model_fields))
         except ValidationError as exc:
             raise InvalidInput(f"{file}, line {number}: not a task: {describe_validation(exc)}") from exc
         try:
+            if unknown:  # a typo, or another tool's file: nothing an export writes
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            if task.id in seen:  # which of the two would be stored is not the file's to decide
+                raise ValueError(f"id: also on line {seen[task.id]}")
             _check(task)
         except ValueError as exc:
             raise InvalidInput(f"{file}, line {number}: task {task.id!r}: {exc}") from exc
+        seen[task.id] = number
         tasks.append(task)
     return tasks
 
