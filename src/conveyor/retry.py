@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from conveyor.errors import Permanent, Retry, TaskTimeout
 from conveyor.states import FailureReason
 
+MAX_DELAY = 30 * 86400.0  # seconds between attempts at most: RetryPolicy.max, Retry(delay=...)
+
 
 class RetryPolicy(BaseModel):
     """Delay before retry n (0-based) is uniform in ``[0, min(max, base * factor**n)]``."""
@@ -24,7 +26,7 @@ class RetryPolicy(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=1000)
     base: float = Field(default=1.0, ge=0, le=86400)
     factor: float = Field(default=2.0, ge=1, le=100)
-    max: float = Field(default=300.0, ge=0, le=30 * 86400)
+    max: float = Field(default=300.0, ge=0, le=MAX_DELAY)
     jitter: bool = True
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
@@ -43,9 +45,6 @@ class Decision:
     delay: float = 0.0
     reason: FailureReason | None = None
     retryable: bool = True
-
-
-MAX_DELAY = 30 * 86400.0  # seconds a Retry(delay=...) may ask for, as RetryPolicy.max
 
 
 def decide(

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.features.flow import MAX_LIMIT
 from conveyor.models import QUEUE_PATTERN, Task, TaskSpec
 
 MAX_BATCH = 1000
@@ -57,7 +58,7 @@ class QueuePatch(BaseModel):
 
     paused: bool | None = None
     rate_limit: str | None = Field(default=None, max_length=50, examples=["100/s"])
-    concurrency: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     max_length: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 

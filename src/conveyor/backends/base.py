@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import SplitResult, urlsplit
 
 from conveyor.errors import InvalidInput
 from conveyor.features.flow import FlowControl, QueueUpdate
@@ -246,6 +247,16 @@ class ListParams:
 #: ``task.cancelled`` (the task reached ``cancelled``) and ``workflow.finished`` (the
 #: last unfinished task of a workflow finished; once per workflow).
 OUTBOX_EVENTS = ("task.succeeded", "task.failed", "task.dead_lettered", "task.cancelled", "workflow.finished")
+
+
+def split_url(url: str) -> SplitResult:
+    """``urlsplit`` with its lazy checks run now, so a bad host or port is bad input, not a crash at connect."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access
+    except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
+        raise InvalidInput(f"invalid URL {url!r}: {exc}") from None
+    return parts
 
 
 def check_bound(queue: str, max_length: int | None) -> None:

@@ -36,7 +36,7 @@ import select
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -64,6 +64,7 @@ from conveyor.backends.base import (
     WaitParams,
     check_bound,
     check_events,
+    split_url,
 )
 from conveyor.backends.gather import Gather
 from conveyor.backends.postgres_listen import Listener
@@ -85,7 +86,7 @@ class PgUrl:
     """A parsed ``postgresql://`` URL: libpq's connection string plus Conveyor's options."""
 
     def __init__(self, url: str) -> None:
-        parts = _split(url)
+        parts = split_url(url)
         if parts.scheme.lower() not in ("postgresql", "postgres"):
             raise InvalidInput(f"not a PostgreSQL URL: {url!r} (expected postgresql://user@host:port/dbname)")
         if not (parts.netloc or parts.path.strip("/") or parts.query):  # often an unset $HOST and $DB
@@ -145,16 +146,6 @@ class PgUrl:
         if not self.prepare:
             kwargs["prepare_threshold"] = None
         return kwargs
-
-
-def _split(url: str) -> SplitResult:
-    """``urlsplit`` with its lazy checks run now, so a bad host or port is bad input, not a crash at connect."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # parsed on access
-    except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
-        raise InvalidInput(f"invalid URL {url!r}: {exc}") from None
-    return parts
 
 
 def _int_option(options: dict[str, str], name: str, default: int, url: str) -> int:

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlunsplit
 
+from conveyor.backends.base import split_url
 from conveyor.backends.codec import dump, dump_list, dump_policy
 from conveyor.errors import InvalidInput
 from conveyor.models import ClaimedTask, HistoryEntry, NewTask, Task, TaskError, WorkerInfo, WorkerState, to_dt
@@ -40,11 +41,7 @@ class RedisUrl:
 
 
 def parse_url(url: str) -> RedisUrl:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # parsed on access: check it now, not at connect
-    except ValueError as exc:  # an unclosed IPv6 '[', a port that is no number or past 65535
-        raise InvalidInput(f"invalid URL {url!r}: {exc}") from None
+    parts = split_url(url)
     if parts.scheme.lower() not in ("redis", "rediss"):
         raise InvalidInput(f"not a Redis URL: {url!r} (expected redis://host:port/db?prefix=NAME)")
     db = parts.path.strip("/")

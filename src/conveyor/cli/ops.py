@@ -97,7 +97,7 @@ def queues(
             raise InvalidInput("--max-length bounds a queue, not a task name: drop --task")
         if api:
             _remote_queue_update(api, token, name, update, as_json, (bound_given, bound))
-        elif bound_given or (as_json and (update is None or update.kind == "queue")):
+        elif bound_given or (as_json and update is not None and update.kind == "queue"):
             flow.apply_queue_update(url, name, update, (bound_given, bound), as_json)
         else:  # a task name's controls, or a queue's shown as its flow settings
             assert update is not None

@@ -182,7 +182,7 @@ def _child_main(app_path: str, conn: mpc.Connection) -> None:
             try:
                 conn.send(("ok", result))
             except Exception:  # it does not pickle (a lambda, a lock, nested too deep): no JSON either
-                conn.send(("ok", NotSent(_shown(result))))
+                conn.send(("ok", NotSent(shown(result))))
         finally:
             if token is not None:
                 context.leave(token)
@@ -195,10 +195,11 @@ def _send_error(conn: mpc.Connection, exc: BaseException, tb: str) -> None:
         pickle.loads(ForkingPickler.dumps(exc))
         conn.send(("err", exc, tb))
     except Exception:
-        conn.send(("err", RemoteError(type(exc).__name__, _shown(exc, str)), tb))
+        conn.send(("err", RemoteError(type(exc).__name__, shown(exc, str)), tb))
 
 
-def _shown(value: Any, how: Callable[[Any], str] = repr) -> str:
+def shown(value: Any, how: Callable[[Any], str] = repr) -> str:
+    """The start of ``how(value)``, or its type if even that fails (nested too deep...)."""
     try:
         return how(value)[:200]
     except Exception:  # a RecursionError too

@@ -59,7 +59,7 @@ from conveyor.notify import run_notifier
 from conveyor.retry import decide
 from conveyor.tally import Tally
 from conveyor.worker.completer import Completer
-from conveyor.worker.pools import Pool, make_pool
+from conveyor.worker.pools import Pool, make_pool, shown
 from conveyor.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ class Worker:
         finally:
             context.leave(token)
         if result is not None and not _is_json(result):
-            bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {_shown(result)}")
+            bad = InvalidInput(f"task {ct.name} returned a value that is not JSON-serializable: {shown(result)}")
             return self._failure(ct, bad, (), (InvalidInput,))
         return Outcome(ct.id, ct.lease_token, "complete", self.id, result=result, finished_at=time.time())
 
@@ -461,14 +461,6 @@ def _is_json(value: Any) -> bool:
     except (TypeError, ValueError, RecursionError):
         return False
     return True
-
-
-def _shown(value: Any) -> str:
-    """The start of ``repr(value)``, or its type if even that fails (nested too deep...)."""
-    try:
-        return f"{value!r:.200}"
-    except Exception:  # a RecursionError too
-        return f"a {type(value).__name__}"
 
 
 def _text(exc: BaseException) -> str:
